@@ -1,0 +1,1 @@
+"""Stream processors: decode -> validate -> update state -> publish."""

@@ -1,0 +1,167 @@
+"""The feature agent: every inbound message ends as a feature record or a dead letter.
+
+Per message, inside the agent (Faust acks a message whose agent raised and
+never retries it, so nothing may escape):
+
+1. ``transactions``: strict JSON + SPEC 3 validation, else ``DecodeError`` /
+   ``ValidationError`` to the DLQ. A message whose key is not its ``user_id``,
+   or that sits on another partition than the one owning the user (a producer
+   with another partitioner), is forwarded to the internal re-keying topic,
+   on the user's partition, with its original coordinates.
+2. The user's window decides (SPEC 4): accepted -> one table write (rarely
+   two) and a feature record; duplicate -> the record again; late ->
+   ``LateEvent`` to the DLQ.
+3. Anything unexpected -> ``ProcessingError`` to the DLQ, logged with the
+   coordinates; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
+from records import RejectedMessage, Transaction, parse_transaction
+from records.transaction import dead_letter_value
+from tables.store import store
+from tables.window import Txn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message first entered the system (kept across the re-keying hop)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_s: float | None
+    raw_value: bytes | None
+
+
+def owner_partition(user_key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives the key, as Faust routes."""
+    return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+
+
+async def send_dead_letter(origin: Origin, error_type: str, error_message: str) -> None:
+    log.warning(
+        "dead letter %s from %s[%s]@%s key=%r: %s",
+        error_type,
+        origin.topic,
+        origin.partition,
+        origin.offset,
+        origin.key,
+        error_message,
+    )
+    value = dead_letter_value(
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        key=origin.key,
+        error_type=error_type,
+        error_message=error_message,
+        failed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        raw_value=origin.raw_value,
+    )
+    await dlq_topic.send(key=origin.key, value=value)
+
+
+def _envelope(origin: Origin, txn: Transaction) -> bytes:
+    return orjson.dumps(
+        {
+            "topic": origin.topic,
+            "partition": origin.partition,
+            "offset": origin.offset,
+            "key": None if origin.key is None else base64.b64encode(origin.key).decode("ascii"),
+            "timestamp_s": origin.timestamp_s,
+            "raw_value": None if origin.raw_value is None else origin.raw_value.decode("utf-8", "replace"),
+            "txn": txn.asdict(),
+        }
+    )
+
+
+def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
+    env: dict[str, Any] = orjson.loads(value)
+    raw = env["raw_value"]
+    origin = Origin(
+        topic=env["topic"],
+        partition=int(env["partition"]),
+        offset=int(env["offset"]),
+        key=None if env["key"] is None else base64.b64decode(env["key"]),
+        timestamp_s=env["timestamp_s"],
+        raw_value=None if raw is None else raw.encode("utf-8"),
+    )
+    return origin, Transaction(**env["txn"])
+
+
+async def handle_message(topic: str, partition: int, offset: int, key: bytes | None,
+                         value: bytes | None, timestamp_s: float | None) -> None:
+    """Process one inbound message; never raises for bad data."""
+    origin = Origin(topic, partition, offset, key, timestamp_s, value)
+    try:
+        if topic == settings.rekey_topic:
+            origin, txn = _open_envelope(value or b"")
+        else:
+            try:
+                txn = parse_transaction(value, time.time(), settings.max_clock_skew_s)
+            except RejectedMessage as exc:
+                await send_dead_letter(origin, exc.error_type, exc.message)
+                return
+            user_key = txn.user_id.encode("utf-8")
+            expected = owner_partition(user_key, settings.topic_partitions)
+            if key != user_key or partition != expected:
+                await rekey_topic.send(key=user_key, value=_envelope(origin, txn), partition=expected)
+                return
+        await process_transaction(origin, txn)
+    except Exception as exc:  # noqa: BLE001 - SPEC 6: anything unexpected is a ProcessingError
+        log.exception("processing failed for %s[%s]@%s key=%r", topic, partition, offset, key)
+        await send_dead_letter(origin, "ProcessingError", f"{type(exc).__name__}: {exc}")
+
+
+async def process_transaction(origin: Origin, txn: Transaction) -> None:
+    window = store.load(txn.user_id) or store.new(txn.user_id)
+    try:
+        outcome = window.apply(
+            Txn(
+                transaction_id=txn.transaction_id,
+                event_ts_s=txn.timestamp,
+                amount=txn.amount,
+                merchant_id=txn.merchant_id,
+                merchant_category=txn.merchant_category,
+                is_online=txn.is_online,
+            ),
+            computed_at_s=time.time(),
+        )
+        if outcome.writes:
+            store.save(window, outcome.writes)
+    except Exception:
+        store.forget(txn.user_id)  # the cached window may be half-updated: reload it
+        raise
+    if outcome.verdict == "late":
+        await send_dead_letter(origin, "LateEvent", outcome.reason)
+        return
+    await features_topic.send(key=txn.user_id.encode("utf-8"), value=orjson.dumps(outcome.features))
+
+
+@app.agent(inbound_topic, name="velocity-features")
+async def compute_features(stream: Any) -> None:
+    async for event in stream.events():
+        message = event.message
+        await handle_message(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            message.value,
+            message.timestamp,
+        )

@@ -1,0 +1,1 @@
+"""Operator commands: ``faust -A app simulate``."""

@@ -1,0 +1,76 @@
+"""The Faust App. A leaf: it imports only ``app.settings`` and helpers of its own package.
+
+Agents, views and commands are found by Faust's autodiscovery when a worker or
+command starts, so nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import faust
+
+import app.codecs  # noqa: F401  (registers the "orjson" codec)
+from app.kafka_admin import TopicMismatchError, TopicSpec, ensure_topics
+from app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+try:
+    settings: Settings = load_settings()
+except SettingsError as exc:  # one clear line, no traceback
+    raise SystemExit(f"velocity: bad configuration: {exc}") from None
+
+
+class VelocityApp(faust.App):
+    """``faust.App`` that creates and checks its topics before anything subscribes."""
+
+    async def on_first_start(self) -> None:
+        try:
+            await ensure_topics(settings.broker_url, topic_specs(settings))
+        except TopicMismatchError as exc:
+            # One line and a clean exit code: nothing has started yet.
+            sys.stderr.write(f"velocity: refusing to start: {exc}\n")
+            sys.stderr.flush()
+            os._exit(78)
+        Path(settings.datadir).mkdir(parents=True, exist_ok=True)
+        await super().on_first_start()
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    return [
+        TopicSpec(s.transactions_topic, s.topic_partitions, must_match=True),
+        TopicSpec(s.rekey_topic, s.topic_partitions, must_match=True),
+        TopicSpec(s.features_topic, s.topic_partitions, must_match=False),
+        TopicSpec(s.dlq_topic, s.topic_partitions, must_match=False),
+    ]
+
+
+app = VelocityApp(
+    settings.app_id,
+    broker=settings.broker_url,
+    store=settings.store,
+    datadir=settings.datadir,
+    processing_guarantee=settings.processing_guarantee,
+    topic_partitions=settings.topic_partitions,
+    table_standby_replicas=settings.table_standby_replicas,
+    web_port=settings.web_port,
+    web_bind=settings.web_bind,
+    web_host=settings.web_host,
+    autodiscover=["agents", "app.views", "app.commands"],
+    origin="app",
+    # Faust's consumer group for a brand-new app id starts from the beginning.
+    consumer_auto_offset_reset="earliest",
+)
+
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+#: What the agent consumes: the input topic and the internal re-keying hop.
+inbound_topic = app.topic(
+    settings.transactions_topic, settings.rekey_topic, partitions=settings.topic_partitions, **raw
+)
+rekey_topic = app.topic(settings.rekey_topic, partitions=settings.topic_partitions, **raw)
+features_topic = app.topic(settings.features_topic, **raw)
+dlq_topic = app.topic(settings.dlq_topic, **raw)

@@ -1,0 +1,114 @@
+"""Settings, read once at start from the environment (SPEC 2) into a frozen object."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Guarantee = Literal["at_least_once", "exactly_once"]
+
+
+class SettingsError(ValueError):
+    """A bad value; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    broker_url: str
+    app_id: str
+    store: str
+    datadir: str
+    web_port: int
+    web_bind: str
+    web_host: str
+    processing_guarantee: Guarantee
+    topic_partitions: int
+    table_standby_replicas: int
+    transactions_topic: str
+    features_topic: str
+    dlq_topic: str
+    allowed_lateness_s: float
+    max_clock_skew_s: float
+    # Ours, beyond SPEC 2 (documented in the README).
+    user_cache_size: int
+    state_chunk_rows: int
+
+    @property
+    def rekey_topic(self) -> str:
+        """Internal hop for messages whose key or partition is not the user's."""
+        return f"{self.app_id}-{self.transactions_topic}-rekeyed"
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not value:
+        raise SettingsError(f"{name} must not be empty")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name, str(default)).strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise SettingsError(f"{name}={raw!r} must be {bound}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, str(default)).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name}={raw!r} must be a finite number >= 0")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    app_id = _text(env, "APP_ID", "velocity")
+    broker_url = _text(env, "BROKER_URL", "kafka://localhost:9092")
+    if not all(part.strip() for part in broker_url.split(";")):
+        raise SettingsError(f"BROKER_URL={broker_url!r} has an empty server")
+    store = _text(env, "APP_STORE", "rocksdb://")
+    if store not in ("rocksdb://", "memory://"):
+        raise SettingsError(f"APP_STORE={store!r} must be rocksdb:// or memory://")
+    guarantee = _text(env, "PROCESSING_GUARANTEE", "at_least_once")
+    if guarantee not in ("at_least_once", "exactly_once"):
+        raise SettingsError(f"PROCESSING_GUARANTEE={guarantee!r} must be at_least_once or exactly_once")
+    topics = {name: _text(env, name, default) for name, default in (
+        ("TRANSACTIONS_TOPIC", "transactions"),
+        ("FEATURES_TOPIC", "ml-features"),
+        ("DLQ_TOPIC", "transactions-dlq"),
+    )}
+    if len(set(topics.values())) != len(topics):
+        raise SettingsError(f"TRANSACTIONS_TOPIC, FEATURES_TOPIC and DLQ_TOPIC must differ: {topics}")
+    return Settings(
+        broker_url=broker_url,
+        app_id=app_id,
+        store=store,
+        datadir=_text(env, "APP_DATADIR", f"./data/{app_id}"),
+        web_port=_int(env, "WEB_PORT", 6066, 1, 65535),
+        web_bind=_text(env, "WEB_BIND", "0.0.0.0"),
+        web_host=_text(env, "WEB_HOST", socket.gethostname()),
+        processing_guarantee=guarantee,  # type: ignore[arg-type]
+        topic_partitions=_int(env, "TOPIC_PARTITIONS", 8, 1, 10000),
+        table_standby_replicas=_int(env, "TABLE_STANDBY_REPLICAS", 1, 0, 16),
+        transactions_topic=topics["TRANSACTIONS_TOPIC"],
+        features_topic=topics["FEATURES_TOPIC"],
+        dlq_topic=topics["DLQ_TOPIC"],
+        allowed_lateness_s=_seconds(env, "ALLOWED_LATENESS_S", 3600),
+        max_clock_skew_s=_seconds(env, "MAX_CLOCK_SKEW_S", 300),
+        user_cache_size=_int(env, "USER_CACHE_SIZE", 20000, 0),
+        state_chunk_rows=_int(env, "STATE_CHUNK_ROWS", 128, 2, 100000),
+    )

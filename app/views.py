@@ -1,0 +1,142 @@
+"""HTTP views (SPEC 7): feature lookups routed to the owning worker, health, readiness."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from faust.web import Request, Response, View
+
+from app.main import app
+from tables.store import store, user_state
+from tables.window import StateCorruptError
+
+log = logging.getLogger(__name__)
+
+ROUTED_HEADER = "X-Velocity-Routed"
+RETRY_AFTER_S = "1"
+PROXY_TIMEOUT_S = 5.0
+
+
+def is_ready() -> bool:
+    """Partitions assigned and table recovery finished (and not rebalancing now)."""
+    recovery = app.tables.recovery
+    return bool(
+        _assigned_once
+        and recovery.completed.is_set()
+        and not app.rebalancing
+        and not app.in_recovery
+    )
+
+
+_assigned_once = False
+
+
+async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    global _assigned_once
+    _assigned_once = True
+
+
+app.on_partitions_assigned.connect(_on_assigned)
+
+
+def parse_at(raw: str | None) -> float | None:
+    """``?at=`` as a finite JSON number, or ValueError."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("at must be a JSON number of epoch seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("at must be a finite JSON number of epoch seconds")
+    return float(value)
+
+
+def _error(view: View, status: int, message: str, retry: bool = False) -> Response:
+    headers = {"Retry-After": RETRY_AFTER_S} if retry else None
+    return view.json({"error": message}, status=status, headers=headers)
+
+
+@app.page("/features/{user_id}")
+class FeaturesView(View):
+    """``GET /features/{user_id}[?at=epoch_s]``: answered by the worker owning the user."""
+
+    async def get(self, request: Request, user_id: str) -> Response:
+        try:
+            return await self._get(request, user_id)
+        except Exception:  # noqa: BLE001 - never a stack trace to the client
+            log.exception("lookup of user %r failed", user_id)
+            return _error(self, 500, "internal error; see the worker log")
+
+    async def _get(self, request: Request, user_id: str) -> Response:
+        try:
+            at_s = parse_at(request.query.get("at"))
+        except ValueError as exc:
+            return _error(self, 400, str(exc))
+        if not is_ready():
+            return _error(self, 503, "worker is rebalancing or restoring its tables", retry=True)
+        try:
+            owner = app.router.key_store(user_state.name, user_id)
+        except KeyError:
+            return _error(self, 503, "no worker owns this user yet", retry=True)
+        if owner.host != app.conf.canonical_url.host or owner.port != app.conf.canonical_url.port:
+            if request.headers.get(ROUTED_HEADER):
+                # The sender thinks we own the user and we disagree: assignments are moving.
+                return _error(self, 503, "ownership is moving between workers", retry=True)
+            return await self._proxy(request, owner)
+        try:
+            window = store.load(user_id)
+        except StateCorruptError as exc:
+            log.error("state of user %r is corrupt: %s", user_id, exc)
+            return _error(self, 500, "stored state of this user cannot be read")
+        if window is None:
+            return _error(self, 404, f"no state for user {user_id!r}")
+        floor = window.lateness_floor_s()
+        if at_s is not None and floor is not None and at_s < floor:
+            return _error(
+                self,
+                400,
+                f"at={at_s!r} is earlier than the user's latest timestamp minus ALLOWED_LATENESS_S "
+                f"({floor!r}); windows older than that are no longer exact",
+            )
+        return self.bytes(
+            orjson.dumps(window.lookup(at_s, time.time())), content_type="application/json"
+        )
+
+    async def _proxy(self, request: Request, owner: Any) -> Response:
+        url = request.url.with_host(owner.host).with_port(owner.port)
+        try:
+            async with app.http_client.get(
+                url,
+                headers={ROUTED_HEADER: "1"},
+                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
+            ) as response:
+                body = await response.read()
+                headers = {}
+                if "Retry-After" in response.headers:
+                    headers["Retry-After"] = response.headers["Retry-After"]
+                return self.bytes(
+                    body, content_type="application/json", status=response.status, headers=headers
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("owner %s of a lookup did not answer: %s", owner, exc)
+            return _error(self, 503, "the worker owning this user did not answer", retry=True)
+
+
+@app.page("/health")
+class HealthView(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+
+@app.page("/ready")
+class ReadyView(View):
+    async def get(self, request: Request) -> Response:
+        if is_ready():
+            return self.json({"status": "ready"})
+        return _error(self, 503, "not ready: waiting for partitions or table recovery", retry=True)

@@ -1,0 +1,119 @@
+"""The per-user state table and its bridge to the pure :class:`UserWindow`.
+
+One RocksDB-backed Faust table, ``user-state``, with raw byte keys: the head
+of a user is stored under the user id's UTF-8 bytes (exactly the bytes of the
+topic key, so ``table_route``/the router find the owner), and each sealed
+chunk under ``user id + 0xFF + chunk number`` (0xFF never occurs in UTF-8, so
+the two kinds cannot collide). Every key of a user lives in the partition that
+owns the user, and its changelog is co-partitioned with the input topic.
+
+Decoded windows are kept in a bounded LRU cache in front of the table, so a
+heavy user is not decoded on every transaction; the cache is emptied at every
+rebalance, because then the table may have changed under it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+
+from app.main import app, settings
+from tables.window import StateWrite, UserWindow
+
+log = logging.getLogger(__name__)
+
+CHUNK_SEPARATOR = b"\xff"
+
+user_state = app.Table(
+    "user-state",
+    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    partitions=settings.topic_partitions,
+    help="Per-user sliding-window state: heads and sealed chunks (tables/window.py).",
+)
+
+
+def head_key(user_id: str) -> bytes:
+    return user_id.encode("utf-8")
+
+
+def chunk_key(user_id: str, chunk_no: int) -> bytes:
+    return head_key(user_id) + CHUNK_SEPARATOR + str(chunk_no).encode("ascii")
+
+
+def is_head_key(key: bytes) -> bool:
+    return CHUNK_SEPARATOR not in key
+
+
+class UserStateStore:
+    """Load/save :class:`UserWindow` s through the table, with an LRU cache."""
+
+    def __init__(self, table: Any, lateness_s: float, chunk_rows: int, cache_size: int) -> None:
+        self.table = table
+        self.lateness_s = lateness_s
+        self.chunk_rows = chunk_rows
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, UserWindow] = OrderedDict()
+
+    def load(self, user_id: str) -> UserWindow | None:
+        """The user's window, or None if it has no state (raises StateCorruptError)."""
+        window = self._cache.get(user_id)
+        if window is not None:
+            self._cache.move_to_end(user_id)
+            return window
+        head = self.table.get(head_key(user_id))
+        if head is None:
+            return None
+        chunks = {no: self.table.get(chunk_key(user_id, no)) for no in UserWindow.chunk_numbers(head)}
+        window = UserWindow.decode(user_id, head, chunks, self.lateness_s, self.chunk_rows)
+        self._remember(user_id, window)
+        return window
+
+    def new(self, user_id: str) -> UserWindow:
+        return UserWindow(user_id, self.lateness_s, self.chunk_rows)
+
+    def save(self, window: UserWindow, writes: Iterable[StateWrite]) -> None:
+        """Write the changes (inside an agent: they go to the event's partition)."""
+        user_id = window.user_id
+        for write in writes:
+            key = head_key(user_id) if write.chunk_no is None else chunk_key(user_id, write.chunk_no)
+            if write.value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = write.value
+        self._remember(user_id, window)
+
+    def forget(self, user_id: str) -> None:
+        self._cache.pop(user_id, None)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _remember(self, user_id: str, window: UserWindow) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[user_id] = window
+        self._cache.move_to_end(user_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+store = UserStateStore(
+    user_state,
+    lateness_s=settings.allowed_lateness_s,
+    chunk_rows=settings.state_chunk_rows,
+    cache_size=settings.user_cache_size,
+)
+
+
+async def _forget_cached_windows(sender: Any, *args: Any, **kwargs: Any) -> None:
+    # Partitions may move; the table, not the cache, is the truth afterwards.
+    store.clear_cache()
+
+
+app.on_partitions_revoked.connect(_forget_cached_windows)
+app.on_partitions_assigned.connect(_forget_cached_windows)
+app.on_rebalance_complete.connect(_forget_cached_windows)

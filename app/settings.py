@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 Guarantee = Literal["at_least_once", "exactly_once"]
+
+# Kafka's own rule for topic names; APP_ID follows it too because it prefixes
+# the changelog and re-keying topics the app creates.
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]+")
+MAX_TOPIC_CHARS = 249
+# Leaves room for the suffixes Faust and we append ("-<table>-changelog", ...).
+MAX_APP_ID_CHARS = 200
 
 
 class SettingsError(ValueError):
@@ -50,6 +58,15 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _kafka_name(env: Mapping[str, str], name: str, default: str, max_chars: int) -> str:
+    value = _text(env, name, default)
+    if not _KAFKA_NAME.fullmatch(value) or value in (".", ".."):
+        raise SettingsError(f"{name}={value!r} may only contain ASCII letters, digits, '.', '_' and '-'")
+    if len(value) > max_chars:
+        raise SettingsError(f"{name}={value!r} is longer than {max_chars} characters")
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     raw = env.get(name, str(default)).strip()
     try:
@@ -76,7 +93,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
-    app_id = _text(env, "APP_ID", "velocity")
+    app_id = _kafka_name(env, "APP_ID", "velocity", MAX_APP_ID_CHARS)
     broker_url = _text(env, "BROKER_URL", "kafka://localhost:9092")
     if not all(part.strip() for part in broker_url.split(";")):
         raise SettingsError(f"BROKER_URL={broker_url!r} has an empty server")
@@ -86,13 +103,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     guarantee = _text(env, "PROCESSING_GUARANTEE", "at_least_once")
     if guarantee not in ("at_least_once", "exactly_once"):
         raise SettingsError(f"PROCESSING_GUARANTEE={guarantee!r} must be at_least_once or exactly_once")
-    topics = {name: _text(env, name, default) for name, default in (
+    topics = {name: _kafka_name(env, name, default, MAX_TOPIC_CHARS) for name, default in (
         ("TRANSACTIONS_TOPIC", "transactions"),
         ("FEATURES_TOPIC", "ml-features"),
         ("DLQ_TOPIC", "transactions-dlq"),
     )}
     if len(set(topics.values())) != len(topics):
         raise SettingsError(f"TRANSACTIONS_TOPIC, FEATURES_TOPIC and DLQ_TOPIC must differ: {topics}")
+    rekey_topic = f"{app_id}-{topics['TRANSACTIONS_TOPIC']}-rekeyed"  # as Settings.rekey_topic
+    if len(rekey_topic) > MAX_TOPIC_CHARS:
+        raise SettingsError(
+            f"APP_ID and TRANSACTIONS_TOPIC are too long together: the re-keying topic {rekey_topic!r} "
+            f"would exceed {MAX_TOPIC_CHARS} characters"
+        )
+    if rekey_topic in (topics["FEATURES_TOPIC"], topics["DLQ_TOPIC"]):
+        raise SettingsError(
+            f"FEATURES_TOPIC and DLQ_TOPIC must differ from the re-keying topic {rekey_topic!r} "
+            "(APP_ID-TRANSACTIONS_TOPIC-rekeyed)"
+        )
     return Settings(
         broker_url=broker_url,
         app_id=app_id,

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from faust.web import Request, Response, View
 
-from app.main import app
+from app.main import app, settings
 from tables.store import store, user_state
 from tables.window import StateCorruptError
 
@@ -34,6 +34,13 @@ def is_ready() -> bool:
 
 
 _assigned_once = False
+
+
+def owned_partitions() -> list[int]:
+    """Partitions of the input topic this worker actively owns (standbys excluded)."""
+    return sorted(
+        tp.partition for tp in app.consumer.assignment() if tp.topic == settings.transactions_topic
+    )
 
 
 async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -138,5 +145,5 @@ class HealthView(View):
 class ReadyView(View):
     async def get(self, request: Request) -> Response:
         if is_ready():
-            return self.json({"status": "ready"})
+            return self.json({"status": "ready", "partitions": owned_partitions()})
         return _error(self, 503, "not ready: waiting for partitions or table recovery", retry=True)

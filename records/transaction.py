@@ -68,6 +68,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (RFC 8259)")
 
 
+def _parse_int(text: str) -> int | float:
+    # Python refuses to convert integers of more than sys.get_int_max_str_digits()
+    # digits; such a number is still JSON (out of range, not undecodable), so it
+    # becomes an infinite float and fails validation as "not finite".
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def decode_json_object(raw: bytes | None) -> dict[str, Any]:
     """Strict JSON object from bytes, or :class:`DecodeError`."""
     if raw is None:
@@ -75,10 +85,11 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses integers beyond 64 bits, which RFC 8259 allows;
-        # the standard library reads them (and still refuses NaN/Infinity).
+        # orjson refuses numbers beyond the range of a double and lone surrogate
+        # escapes, which RFC 8259 allows; the standard library reads them (and
+        # still refuses NaN/Infinity), so validation can name the field at fault.
         try:
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise DecodeError(f"value: not strict JSON: {exc}") from None
     if not isinstance(obj, dict):

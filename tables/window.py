@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
+from fractions import Fraction
 from itertools import repeat
 from operator import mul, sub
 from typing import Any, Literal
@@ -135,15 +136,24 @@ class UserWindow:
         return list(self._txns)
 
     def retention_floor_s(self) -> float:
-        """Transactions with ``ts <= floor`` are evicted."""
+        """Transactions with ``ts <= floor`` are evicted.
+
+        The largest float ``<= M - 24 h - L`` in real arithmetic, so that
+        ``ts <= floor`` is exactly ``ts <= M - 24 h - L`` for every float ``ts``.
+        """
         assert self.latest_ts_s is not None
-        return self.latest_ts_s - WINDOW_24H_S - self.lateness_s
+        return _difference(self.latest_ts_s, WINDOW_24H_S, self.lateness_s, round_up=False)
 
     def lateness_floor_s(self) -> float | None:
-        """``M - L``: the earliest timestamp still accepted (and queryable)."""
+        """``M - L``: the earliest timestamp still accepted (and queryable).
+
+        The smallest float ``>= M - L`` in real arithmetic, so that ``ts < floor``
+        is exactly ``ts < M - L`` for every float ``ts`` (``L`` need not be an
+        integer, and ``M - L`` need not be a float).
+        """
         if self.latest_ts_s is None:
             return None
-        return self.latest_ts_s - self.lateness_s
+        return _difference(self.latest_ts_s, self.lateness_s, round_up=True)
 
     # ---------------------------------------------------------------- updates
     def apply(self, txn: Txn, computed_at_s: float) -> Outcome:
@@ -372,6 +382,35 @@ def _with_seq(txn: Txn, seq: int) -> Txn:
     )
 
 
+def _difference(minuend: float, *subtrahends: float, round_up: bool) -> float:
+    """``minuend - sum(subtrahends)`` in real arithmetic, rounded to a float up or down.
+
+    Float subtraction rounds to nearest, which can put a float timestamp on the
+    wrong side of a floor. Each step is checked with the error-free TwoSum; only
+    when one is inexact (never for integer second counts and epoch timestamps)
+    is the exact value computed with fractions and rounded in the asked direction.
+    """
+    s = minuend
+    for b in subtrahends:
+        d = s - b
+        # TwoSum(s, -b): err is exactly (s - b) - d.
+        s_part = d + b
+        b_part = d - s_part
+        err = (s - s_part) + (-b - b_part)
+        if err != 0.0:
+            break
+        s = d
+    else:
+        return s
+    exact = Fraction(minuend) - sum(map(Fraction, subtrahends), Fraction(0))
+    r = float(exact)  # correctly rounded to nearest
+    if round_up and Fraction(r) < exact:
+        return math.nextafter(r, math.inf)
+    if not round_up and Fraction(r) > exact:
+        return math.nextafter(r, -math.inf)
+    return r
+
+
 def zscore(amount: float, window: list[float], total: float) -> float | None:
     """``(amount - mean) / population std`` over ``window``; None if n < 2 or all equal.
 
@@ -379,8 +418,18 @@ def zscore(amount: float, window: list[float], total: float) -> float | None:
     equal amounts (where ``a - mean`` is exact by Sterbenz) lose no precision.
     """
     n = len(window)
-    if n < 2 or min(window) == max(window):
+    if n < 2:
         return None
+    largest = max(window)
+    if min(window) == largest:
+        return None
+    if largest < 1.0:
+        # Tiny amounts: their squared deviations would underflow (var == 0 for
+        # [0, 0, 1e-200]). z is scale-free, so scale by an exact power of two.
+        shift = -math.frexp(largest)[1]
+        window = [math.ldexp(a, shift) for a in window]
+        amount = math.ldexp(amount, shift)
+        total = math.fsum(window)
     mean = total / n
     devs = list(map(sub, window, repeat(mean)))
     correction = math.fsum(devs) / n  # the true mean is mean + correction

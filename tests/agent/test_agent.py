@@ -1,0 +1,110 @@
+"""The feature agent through ``agent.test_context()`` (memory store, no broker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from unittest.mock import patch
+
+import orjson
+import pytest
+
+from agents import features
+from app.main import dlq_topic, features_topic, rekey_topic
+
+NOW = time.time()
+
+
+def tx(txid: str, user: str = "alice", amount: float = 10.0, ts: float = NOW - 600, **extra: Any) -> bytes:
+    body = {"transaction_id": txid, "user_id": user, "amount": amount, "merchant_id": "m1", "timestamp": ts}
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+class Sent:
+    """What the agent published, per topic (the Kafka producer is the boundary here)."""
+
+    def __init__(self) -> None:
+        self.by_topic: dict[str, list[tuple[bytes | None, dict[str, Any], int | None]]] = {}
+
+    def recorder(self, name: str) -> Any:
+        async def send(*, key: bytes | None = None, value: bytes, partition: int | None = None, **_: Any) -> None:
+            self.by_topic.setdefault(name, []).append((key, orjson.loads(value), partition))
+
+        return send
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[tuple[Any, Sent]]:
+    sent = Sent()
+    features.store.clear_cache()
+    with (
+        patch.object(features_topic, "send", sent.recorder("features")),
+        patch.object(dlq_topic, "send", sent.recorder("dlq")),
+        patch.object(rekey_topic, "send", sent.recorder("rekey")),
+    ):
+        async with features.compute_features.test_context() as wrapped:
+            yield wrapped, sent
+
+
+async def test_accepted_transaction_publishes_its_features(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    await wrapped.put(tx("t1", amount=10.0), key=b"alice", partition=0)
+    await wrapped.put(tx("t2", amount=30.0, ts=NOW - 300), key=b"alice", partition=0)
+    records = [v for _, v, _ in sent.by_topic["features"]]
+    assert [r["transaction_id"] for r in records] == ["t1", "t2"]
+    assert records[1]["tx_count_1h"] == 2
+    assert records[1]["total_amount_24h"] == 40.0
+    assert records[1]["seconds_since_last_tx"] == 300.0
+    assert "dlq" not in sent.by_topic
+
+
+async def test_invalid_message_becomes_a_dead_letter_and_the_stream_goes_on(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    await wrapped.put(b"{not json", key=b"k1", partition=0)
+    await wrapped.put(tx("t1", amount=-1), key=b"alice", partition=0)
+    await wrapped.put(tx("t2"), key=b"alice", partition=0)
+    letters = [v for _, v, _ in sent.by_topic["dlq"]]
+    assert [d["error_type"] for d in letters] == ["DecodeError", "ValidationError"]
+    assert "amount" in letters[1]["error_message"]
+    assert letters[0]["original_key"] == "k1" and letters[0]["raw_value"] == "{not json"
+    assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["t2"]
+
+
+async def test_unkeyed_message_is_forwarded_to_the_users_partition(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    await wrapped.put(tx("t1", user="bob"), key=None, partition=0)
+    ((key, envelope, partition),) = sent.by_topic["rekey"]
+    assert key == b"bob" and partition == 0
+    assert envelope["txn"]["transaction_id"] == "t1"
+    assert envelope["key"] is None and envelope["offset"] == 0
+    assert "features" not in sent.by_topic
+
+
+async def test_duplicate_is_republished_not_counted_and_late_goes_to_dlq(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    await wrapped.put(tx("t1", user="carol", ts=NOW - 7200), key=b"carol", partition=0)
+    await wrapped.put(tx("t2", user="carol", ts=NOW - 10), key=b"carol", partition=0)
+    await wrapped.put(tx("t2", user="carol", ts=NOW - 10, amount=999), key=b"carol", partition=0)
+    await wrapped.put(tx("t1", user="carol", ts=NOW - 7200), key=b"carol", partition=0)  # dup, now too old
+    await wrapped.put(tx("t3", user="carol", ts=NOW - 3 * 3600), key=b"carol", partition=0)  # late
+    records = [v for _, v, _ in sent.by_topic["features"]]
+    assert [r["transaction_id"] for r in records] == ["t1", "t2", "t2"]
+    assert records[2]["tx_count_24h"] == 2 and records[2]["current_amount"] == 10.0
+    assert [d["error_type"] for _, d, _ in sent.by_topic["dlq"]] == ["LateEvent", "LateEvent"]
+
+
+async def test_unexpected_failure_is_a_processing_error_not_a_crash(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    with patch.object(features.store, "save", boom):
+        await wrapped.put(tx("t1", user="dave"), key=b"dave", partition=0)
+    await wrapped.put(tx("t2", user="dave"), key=b"dave", partition=0)
+    ((_, letter, _),) = sent.by_topic["dlq"]
+    assert letter["error_type"] == "ProcessingError" and "disk on fire" in letter["error_message"]
+    # The failed transaction left no trace in state: t2 is the user's first.
+    assert [(v["transaction_id"], v["tx_count_24h"]) for _, v, _ in sent.by_topic["features"]] == [("t2", 1)]

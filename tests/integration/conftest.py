@@ -1,0 +1,264 @@
+"""Integration harness: real ``faust -A app worker`` subprocesses against the local Kafka.
+
+Each test gets its own topics, app id (consumer group) and data directories,
+so tests never see each other's messages or state. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", f"localhost:{os.environ.get('KAFKA_PORT', '9092')}")
+FAUST = str(Path(sys.executable).with_name("faust"))
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    """Poll ``condition`` until truthy or fail after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, parsed JSON body or raw text)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            status, headers, body = r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        status, headers, body = e.code, dict(e.headers), e.read()
+    try:
+        return status, headers, json.loads(body)
+    except ValueError:
+        return status, headers, body.decode("utf-8", "replace")
+
+
+@dataclass
+class Topics:
+    transactions: str
+    features: str
+    dlq: str
+    partitions: int
+
+
+@dataclass
+class Worker:
+    """One ``faust -A app worker`` subprocess."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [FAUST, "-A", "app", "worker", "-l", "info"],
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str) -> tuple[int, dict[str, str], Any]:
+        return http_get(self.url + path)
+
+    def ready_body(self) -> dict[str, Any] | None:
+        if not self.alive():
+            raise AssertionError(f"worker exited ({self.proc and self.proc.returncode}); log:\n{self.tail()}")
+        try:
+            status, _, body = self.get("/ready")
+        except OSError:
+            return None
+        return body if status == 200 else None
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        return wait_for(self.ready_body, timeout_s, f"worker on port {self.port} to be ready")  # type: ignore[no-any-return]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no log>"
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    """The local broker must be up (``scripts/kafka.sh start``; ``.ci/run`` starts it)."""
+    host, port = BOOTSTRAP.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({exc}); run scripts/kafka.sh start")
+    return BOOTSTRAP
+
+
+@pytest.fixture
+def topics(kafka: str) -> Topics:
+    tag = uuid.uuid4().hex[:10]
+    t = Topics(f"tx-{tag}", f"features-{tag}", f"dlq-{tag}", partitions=4)
+    asyncio.run(create_topics([t.transactions, t.features, t.dlq], t.partitions))
+    return t
+
+
+async def create_topics(names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def spawn(kafka: str, topics: Topics, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Worker]]:
+    """``spawn(**env_overrides)`` starts a worker of this test's app; all are stopped after."""
+    app_id = f"velocity-it-{uuid.uuid4().hex[:8]}"
+    workers: list[Worker] = []
+
+    def _spawn(**overrides: str) -> Worker:
+        n = len(workers)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "TOPIC_", "WEB_"))}
+        env.update(
+            BROKER_URL=f"kafka://{kafka}",
+            APP_ID=app_id,
+            APP_STORE="rocksdb://",
+            APP_DATADIR=str(tmp_path / f"worker-{n}"),
+            WEB_PORT=str(port),
+            WEB_BIND="127.0.0.1",
+            WEB_HOST="127.0.0.1",
+            TOPIC_PARTITIONS=str(topics.partitions),
+            TRANSACTIONS_TOPIC=topics.transactions,
+            FEATURES_TOPIC=topics.features,
+            DLQ_TOPIC=topics.dlq,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(overrides)
+        worker = Worker(env, tmp_path / f"worker-{n}.log", int(env["WEB_PORT"]))
+        workers.append(worker)
+        return worker.start()
+
+    yield _spawn
+    for w in workers:
+        w.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for w in workers:
+            sys.stderr.write(f"\n--- log of worker on port {w.port} ---\n{w.tail()}\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
+
+
+@dataclass(frozen=True)
+class Sent:
+    partition: int
+    offset: int
+
+
+async def produce(messages: list[tuple[bytes | None, bytes, int | None]], topic: str) -> list[Sent]:
+    """Send ``(key, value, partition)`` in order; returns where each landed."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    await producer.start()
+    try:
+        out = []
+        for key, value, partition in messages:
+            meta = await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+            out.append(Sent(meta.partition, meta.offset))
+        return out
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads a topic from the beginning, keeping every message (key, value as JSON)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.messages: list[tuple[bytes | None, dict[str, Any], int]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        self._consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None,
+        )
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._consumer is not None
+        await self._consumer.stop()
+
+    async def until(self, condition: Callable[[list[tuple[bytes | None, dict[str, Any], int]]], bool],
+                    timeout_s: float, what: str) -> list[tuple[bytes | None, dict[str, Any], int]]:
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while not condition(self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s:.0f}s waiting for {what} on {self.topic} "
+                    f"(have {len(self.messages)} messages)"
+                )
+            batch = await self._consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    self.messages.append((r.key, json.loads(r.value), r.partition))
+        return self.messages
+
+
+@pytest.fixture
+async def readers(topics: Topics) -> AsyncIterator[tuple[TopicReader, TopicReader]]:
+    async with TopicReader(topics.features) as features, TopicReader(topics.dlq) as dlq:
+        yield features, dlq

@@ -1,0 +1,216 @@
+"""SPEC 2: settings from the environment, with defaults, and a clear error per bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Any
+
+import pytest
+
+from app.settings import Settings, SettingsError, load_settings
+
+# SPEC 2's table, as Settings attributes.
+SPEC_DEFAULTS: dict[str, Any] = {
+    "broker_url": "kafka://localhost:9092",
+    "app_id": "velocity",
+    "store": "rocksdb://",
+    "datadir": "./data/velocity",
+    "web_port": 6066,
+    "web_bind": "0.0.0.0",
+    "web_host": socket.gethostname(),
+    "processing_guarantee": "at_least_once",
+    "topic_partitions": 8,
+    "table_standby_replicas": 1,
+    "transactions_topic": "transactions",
+    "features_topic": "ml-features",
+    "dlq_topic": "transactions-dlq",
+    "allowed_lateness_s": 3600.0,
+    "max_clock_skew_s": 300.0,
+}
+
+VARIABLES = {
+    "BROKER_URL": "broker_url",
+    "APP_ID": "app_id",
+    "APP_STORE": "store",
+    "APP_DATADIR": "datadir",
+    "WEB_PORT": "web_port",
+    "WEB_BIND": "web_bind",
+    "WEB_HOST": "web_host",
+    "PROCESSING_GUARANTEE": "processing_guarantee",
+    "TOPIC_PARTITIONS": "topic_partitions",
+    "TABLE_STANDBY_REPLICAS": "table_standby_replicas",
+    "TRANSACTIONS_TOPIC": "transactions_topic",
+    "FEATURES_TOPIC": "features_topic",
+    "DLQ_TOPIC": "dlq_topic",
+    "ALLOWED_LATENESS_S": "allowed_lateness_s",
+    "MAX_CLOCK_SKEW_S": "max_clock_skew_s",
+    "USER_CACHE_SIZE": "user_cache_size",
+    "STATE_CHUNK_ROWS": "state_chunk_rows",
+}
+
+
+def test_defaults_are_spec_2() -> None:
+    settings = load_settings({})
+    for attr, expected in SPEC_DEFAULTS.items():
+        assert getattr(settings, attr) == expected, attr
+    assert type(settings.web_port) is int
+    assert type(settings.allowed_lateness_s) is float
+    assert type(settings.max_clock_skew_s) is float
+    assert settings.rekey_topic == "velocity-transactions-rekeyed"
+
+
+def test_every_spec_2_variable_is_a_setting() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(SPEC_DEFAULTS) <= fields
+    assert set(VARIABLES.values()) == fields
+
+
+def test_datadir_default_follows_the_app_id() -> None:
+    assert load_settings({"APP_ID": "fraud-eu"}).datadir == "./data/fraud-eu"
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.web_port = 1  # type: ignore[misc]
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_PORT", "7001")
+    monkeypatch.setenv("APP_ID", "from-environ")
+    assert load_settings().web_port == 7001
+    assert load_settings().app_id == "from-environ"
+    # An explicit mapping is the whole environment: os.environ is not consulted.
+    assert load_settings({}).web_port == 6066
+    assert load_settings({}).app_id == "velocity"
+
+
+PARSED: list[tuple[str, str, Any]] = [
+    ("BROKER_URL", "kafka://k1:9092", "kafka://k1:9092"),
+    ("BROKER_URL", "kafka://k1:9092;kafka://k2:9092", "kafka://k1:9092;kafka://k2:9092"),
+    ("APP_ID", "velocity-eu_2.a", "velocity-eu_2.a"),
+    ("APP_STORE", "memory://", "memory://"),
+    ("APP_STORE", "rocksdb://", "rocksdb://"),
+    ("APP_DATADIR", "/var/lib/velocity", "/var/lib/velocity"),
+    ("WEB_PORT", "8080", 8080),
+    ("WEB_PORT", "1", 1),
+    ("WEB_PORT", "65535", 65535),
+    ("WEB_PORT", " 8080 ", 8080),
+    ("WEB_BIND", "127.0.0.1", "127.0.0.1"),
+    ("WEB_HOST", "worker-3.internal", "worker-3.internal"),
+    ("PROCESSING_GUARANTEE", "exactly_once", "exactly_once"),
+    ("PROCESSING_GUARANTEE", "at_least_once", "at_least_once"),
+    ("TOPIC_PARTITIONS", "1", 1),
+    ("TOPIC_PARTITIONS", "64", 64),
+    ("TABLE_STANDBY_REPLICAS", "0", 0),
+    ("TABLE_STANDBY_REPLICAS", "2", 2),
+    ("TRANSACTIONS_TOPIC", "tx-in", "tx-in"),
+    ("FEATURES_TOPIC", "features.v2", "features.v2"),
+    ("DLQ_TOPIC", "tx_dlq", "tx_dlq"),
+    ("ALLOWED_LATENESS_S", "0", 0.0),
+    ("ALLOWED_LATENESS_S", "90", 90.0),
+    ("ALLOWED_LATENESS_S", "1.5", 1.5),
+    ("ALLOWED_LATENESS_S", "86400", 86400.0),
+    ("MAX_CLOCK_SKEW_S", "0", 0.0),
+    ("MAX_CLOCK_SKEW_S", "12.25", 12.25),
+    ("USER_CACHE_SIZE", "0", 0),
+    ("USER_CACHE_SIZE", "500", 500),
+    ("STATE_CHUNK_ROWS", "2", 2),
+    ("STATE_CHUNK_ROWS", "1000", 1000),
+]
+
+
+@pytest.mark.parametrize(("variable", "raw", "expected"), PARSED, ids=[f"{v}={r!r}" for v, r, _ in PARSED])
+def test_each_variable_is_parsed(variable: str, raw: str, expected: Any) -> None:
+    settings = load_settings({variable: raw})
+    assert getattr(settings, VARIABLES[variable]) == expected
+    assert type(getattr(settings, VARIABLES[variable])) is type(expected)
+    # The other settings keep their defaults.
+    for attr, default in SPEC_DEFAULTS.items():
+        if attr != VARIABLES[variable] and not (variable == "APP_ID" and attr == "datadir"):
+            assert getattr(settings, attr) == default, attr
+
+
+def test_rekey_topic_follows_app_id_and_input_topic() -> None:
+    settings = load_settings({"APP_ID": "a1", "TRANSACTIONS_TOPIC": "tx"})
+    assert settings.rekey_topic == "a1-tx-rekeyed"
+
+
+BAD: list[tuple[dict[str, str], str]] = [
+    ({"WEB_PORT": "http"}, "WEB_PORT"),
+    ({"WEB_PORT": "8080.0"}, "WEB_PORT"),
+    ({"WEB_PORT": "0"}, "WEB_PORT"),
+    ({"WEB_PORT": "-1"}, "WEB_PORT"),
+    ({"WEB_PORT": "65536"}, "WEB_PORT"),
+    ({"WEB_PORT": "70000"}, "WEB_PORT"),
+    ({"TOPIC_PARTITIONS": "0"}, "TOPIC_PARTITIONS"),
+    ({"TOPIC_PARTITIONS": "eight"}, "TOPIC_PARTITIONS"),
+    ({"TOPIC_PARTITIONS": "8.5"}, "TOPIC_PARTITIONS"),
+    ({"TABLE_STANDBY_REPLICAS": "-1"}, "TABLE_STANDBY_REPLICAS"),
+    ({"TABLE_STANDBY_REPLICAS": "one"}, "TABLE_STANDBY_REPLICAS"),
+    ({"ALLOWED_LATENESS_S": "-1"}, "ALLOWED_LATENESS_S"),
+    ({"ALLOWED_LATENESS_S": "-0.5"}, "ALLOWED_LATENESS_S"),
+    ({"ALLOWED_LATENESS_S": "nan"}, "ALLOWED_LATENESS_S"),
+    ({"ALLOWED_LATENESS_S": "NaN"}, "ALLOWED_LATENESS_S"),
+    ({"ALLOWED_LATENESS_S": "inf"}, "ALLOWED_LATENESS_S"),
+    ({"ALLOWED_LATENESS_S": "1h"}, "ALLOWED_LATENESS_S"),
+    ({"MAX_CLOCK_SKEW_S": "-5"}, "MAX_CLOCK_SKEW_S"),
+    ({"MAX_CLOCK_SKEW_S": "nan"}, "MAX_CLOCK_SKEW_S"),
+    ({"MAX_CLOCK_SKEW_S": "Infinity"}, "MAX_CLOCK_SKEW_S"),
+    ({"MAX_CLOCK_SKEW_S": "five minutes"}, "MAX_CLOCK_SKEW_S"),
+    ({"PROCESSING_GUARANTEE": "exactly-once"}, "PROCESSING_GUARANTEE"),
+    ({"PROCESSING_GUARANTEE": "at_most_once"}, "PROCESSING_GUARANTEE"),
+    ({"PROCESSING_GUARANTEE": "AT_LEAST_ONCE"}, "PROCESSING_GUARANTEE"),
+    ({"APP_STORE": "redis://"}, "APP_STORE"),
+    ({"APP_STORE": "rocksdb"}, "APP_STORE"),
+    ({"APP_STORE": "memory"}, "APP_STORE"),
+    ({"BROKER_URL": "kafka://a:9092;;kafka://b:9092"}, "BROKER_URL"),
+    ({"BROKER_URL": "kafka://a:9092; "}, "BROKER_URL"),
+    ({"USER_CACHE_SIZE": "-1"}, "USER_CACHE_SIZE"),
+    ({"STATE_CHUNK_ROWS": "1"}, "STATE_CHUNK_ROWS"),
+    ({"STATE_CHUNK_ROWS": "many"}, "STATE_CHUNK_ROWS"),
+    # Topic names and the app id must be legal Kafka names (the app id prefixes
+    # the changelog and re-keying topics).
+    ({"TRANSACTIONS_TOPIC": "my transactions"}, "TRANSACTIONS_TOPIC"),
+    ({"FEATURES_TOPIC": "ml/features"}, "FEATURES_TOPIC"),
+    ({"DLQ_TOPIC": "dlq\u00e9"}, "DLQ_TOPIC"),
+    ({"DLQ_TOPIC": ".."}, "DLQ_TOPIC"),
+    ({"FEATURES_TOPIC": "f" * 250}, "FEATURES_TOPIC"),
+    ({"APP_ID": "velocity app"}, "APP_ID"),
+    ({"APP_ID": "a" * 201}, "APP_ID"),
+    ({"APP_ID": "a" * 200, "TRANSACTIONS_TOPIC": "t" * 49}, "APP_ID"),
+    # Equal topic names.
+    ({"FEATURES_TOPIC": "transactions"}, "FEATURES_TOPIC"),
+    ({"DLQ_TOPIC": "transactions"}, "DLQ_TOPIC"),
+    ({"DLQ_TOPIC": "ml-features"}, "DLQ_TOPIC"),
+    ({"TRANSACTIONS_TOPIC": "x", "FEATURES_TOPIC": "x", "DLQ_TOPIC": "x"}, "TRANSACTIONS_TOPIC"),
+    ({"DLQ_TOPIC": "velocity-transactions-rekeyed"}, "DLQ_TOPIC"),
+    ({"FEATURES_TOPIC": "velocity-transactions-rekeyed"}, "FEATURES_TOPIC"),
+]
+# Every variable, empty or blank, is a bad value.
+BAD += [({variable: ""}, variable) for variable in VARIABLES]
+BAD += [({variable: "  "}, variable) for variable in VARIABLES]
+
+
+@pytest.mark.parametrize(("env", "variable"), BAD, ids=[repr(env)[:60] for env, _ in BAD])
+def test_bad_value_fails_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert variable in message
+    assert "\n" not in message, "SPEC 2: one clear line"
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_value_in_os_environ_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_PORT", "70000")
+    with pytest.raises(SettingsError, match="WEB_PORT"):
+        load_settings()
+
+
+def test_newline_in_a_value_still_gives_one_line() -> None:
+    for env in ({"WEB_PORT": "80\n80"}, {"APP_STORE": "x\ny"}, {"DLQ_TOPIC": "a\nb"}):
+        with pytest.raises(SettingsError) as info:
+            load_settings(env)
+        assert "\n" not in str(info.value)

@@ -30,6 +30,10 @@ CHUNK_SEPARATOR = b"\xff"
 
 user_state = app.Table(
     "user-state",
+    # Raw bytes both ways: key_type=bytes makes Faust pick the "raw" codec for
+    # the changelog too (a JSON key would break table_route, see module doc).
+    key_type=bytes,
+    value_type=bytes,
     schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
     partitions=settings.topic_partitions,
     help="Per-user sliding-window state: heads and sealed chunks (tables/window.py).",

@@ -1,0 +1,49 @@
+# Velocity — developer entry points. `make demo` runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## setup: the virtualenv in .venv with the project installed editable, with its dev extra
+setup: $(STAMP)
+
+## kafka: start the local single-node Kafka (idempotent)
+kafka:
+	scripts/kafka.sh start
+
+kafka-stop:
+	scripts/kafka.sh stop
+
+## worker: one worker in the foreground
+worker: setup kafka
+	$(BIN)/faust -A app worker -l info
+
+## simulate: simulated traffic in the foreground (ARGS="--rate 500 --duration 60")
+simulate: setup kafka
+	$(BIN)/faust -A app simulate $(ARGS)
+
+## demo: local Kafka + a worker + simulated traffic, with the URLs to look at
+demo: setup kafka
+	scripts/demo.sh $(ARGS)
+
+## test: every test (unit, agent, integration against the local Kafka)
+test: setup kafka
+	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest tests/unit tests/agent
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from app.health import health
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records import RejectedMessage, Transaction, parse_transaction
 from records.transaction import dead_letter_value
@@ -74,6 +75,7 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
         raw_value=origin.raw_value,
     )
     await dlq_topic.send(key=origin.key, value=value)
+    health.on_dead_letter(error_type)
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
@@ -129,7 +131,10 @@ async def handle_message(topic: str, partition: int, offset: int, key: bytes | N
 
 
 async def process_transaction(origin: Origin, txn: Transaction) -> None:
-    window = store.load(txn.user_id) or store.new(txn.user_id)
+    window = store.load(txn.user_id)
+    is_new_user = window is None
+    if window is None:
+        window = store.new(txn.user_id)
     try:
         outcome = window.apply(
             Txn(
@@ -150,6 +155,14 @@ async def process_transaction(origin: Origin, txn: Transaction) -> None:
     if outcome.verdict == "late":
         await send_dead_letter(origin, "LateEvent", outcome.reason)
         return
+    assert outcome.features is not None
+    if outcome.verdict == "accepted":
+        health.on_processed()
+        if is_new_user:
+            health.on_new_user()
+    else:
+        health.on_duplicate()
+    health.on_feature(outcome.features["computed_at"], origin.timestamp_s)
     await features_topic.send(key=txn.user_id.encode("utf-8"), value=orjson.dumps(outcome.features))
 
 

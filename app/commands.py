@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ async def simulate(self: Any, rate: float, users: int, heavy_users: int, duratio
     await ensure_topics(settings.broker_url, topic_specs(settings))
     model = TrafficModel(TrafficConfig(
         users=users, heavy_users=heavy_users, fraud_burst_every=fraud_every,
-        out_of_order_share=out_of_order, seed=seed,
+        out_of_order_share=out_of_order, seed=seed, run_id=f"{seed}-{secrets.token_hex(4)}",
     ))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker_url), linger_ms=5)
     await producer.start()

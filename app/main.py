@@ -16,6 +16,7 @@ import faust
 import app.codecs  # noqa: F401  (registers the "orjson" codec)
 from app.kafka_admin import TopicMismatchError, TopicSpec, ensure_topics
 from app.settings import Settings, SettingsError, load_settings
+from app.web_errors import json_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.rekey_topic, s.topic_partitions, must_match=True),
         TopicSpec(s.features_topic, s.topic_partitions, must_match=False),
         TopicSpec(s.dlq_topic, s.topic_partitions, must_match=False),
+        TopicSpec(s.health_topic, 1, must_match=False),
     ]
 
 
@@ -60,7 +62,11 @@ app = VelocityApp(
     web_port=settings.web_port,
     web_bind=settings.web_bind,
     web_host=settings.web_host,
-    autodiscover=["agents", "app.views", "app.commands"],
+    autodiscover=["agents", "app.views", "app.monitoring", "app.commands"],
+    # Our own pages live at / and /stats; Faust's table browser would expose raw state.
+    web_stats_enabled=False,
+    web_tables_enabled=False,
+    web_application_options={"middlewares": [json_errors]},
     origin="app",
     # Faust's consumer group for a brand-new app id starts from the beginning.
     consumer_auto_offset_reset="earliest",
@@ -74,3 +80,4 @@ inbound_topic = app.topic(
 rekey_topic = app.topic(settings.rekey_topic, partitions=settings.topic_partitions, **raw)
 features_topic = app.topic(settings.features_topic, **raw)
 dlq_topic = app.topic(settings.dlq_topic, **raw)
+health_topic = app.topic(settings.health_topic, **raw)

@@ -44,6 +44,11 @@ class Settings:
     # Ours, beyond SPEC 2 (documented in the README).
     user_cache_size: int
     state_chunk_rows: int
+    # Pipeline health (issue: metrics, timers, live page).
+    health_log_interval_s: float
+    lag_warn_messages: int
+    freshness_warn_s: float
+    health_topic: str
 
     @property
     def rekey_topic(self) -> str:
@@ -87,6 +92,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
         raise SettingsError(f"{name}={raw!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _seconds(env, name, default)
+    if value <= 0:
+        raise SettingsError(f"{name}={env.get(name)!r} must be > 0")
     return value
 
 
@@ -139,4 +151,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_clock_skew_s=_seconds(env, "MAX_CLOCK_SKEW_S", 300),
         user_cache_size=_int(env, "USER_CACHE_SIZE", 20000, 0),
         state_chunk_rows=_int(env, "STATE_CHUNK_ROWS", 128, 2, 100000),
+        health_log_interval_s=_positive_seconds(env, "HEALTH_LOG_INTERVAL_S", 30),
+        lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
+        freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),
+        health_topic=_kafka_name(env, "HEALTH_TOPIC", "monitoring.pipeline-health", MAX_TOPIC_CHARS),
     )

@@ -39,6 +39,7 @@ class TrafficConfig:
     fraud_burst_size: int = 25
     fraud_burst_span_s: float = 180.0
     seed: int = 7
+    run_id: str = ""  # prefix of transaction ids; distinct per run so reruns are not duplicates
 
 
 class TrafficModel:
@@ -83,7 +84,7 @@ class TrafficModel:
             if rng.random() < self.config.out_of_order_share:
                 ts_s -= rng.uniform(0.0, self.config.max_delay_s)
         return {
-            "transaction_id": f"tx-{self.config.seed}-{next(self._seq):010d}",
+            "transaction_id": f"tx-{self.config.run_id or self.config.seed}-{next(self._seq):010d}",
             "user_id": user_id,
             "amount": amount,
             "merchant_id": f"{category}-{rng.randrange(MERCHANTS_PER_CATEGORY):04d}",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from faust.web import Request, Response, View
 
-from app.main import app, settings
+from app.health import health
+from app.main import app
+from app.monitoring import cluster_stats, is_ready, local_stats, owned_partitions
 from tables.store import store, user_state
 from tables.window import StateCorruptError
 
@@ -20,35 +23,6 @@ log = logging.getLogger(__name__)
 ROUTED_HEADER = "X-Velocity-Routed"
 RETRY_AFTER_S = "1"
 PROXY_TIMEOUT_S = 5.0
-
-
-def is_ready() -> bool:
-    """Partitions assigned and table recovery finished (and not rebalancing now)."""
-    recovery = app.tables.recovery
-    return bool(
-        _assigned_once
-        and recovery.completed.is_set()
-        and not app.rebalancing
-        and not app.in_recovery
-    )
-
-
-_assigned_once = False
-
-
-def owned_partitions() -> list[int]:
-    """Partitions of the input topic this worker actively owns (standbys excluded)."""
-    return sorted(
-        tp.partition for tp in app.consumer.assignment() if tp.topic == settings.transactions_topic
-    )
-
-
-async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-    global _assigned_once
-    _assigned_once = True
-
-
-app.on_partitions_assigned.connect(_on_assigned)
 
 
 def parse_at(raw: str | None) -> float | None:
@@ -147,3 +121,53 @@ class ReadyView(View):
         if is_ready():
             return self.json({"status": "ready", "partitions": owned_partitions()})
         return _error(self, 503, "not ready: waiting for partitions or table recovery", retry=True)
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    """Prometheus text format, this worker's own partitions."""
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(health.prometheus_text(), content_type="text/plain; version=0.0.4")
+
+
+@app.page("/stats")
+class StatsView(View):
+    """``/stats``: the cluster view gathered from every worker; ``?scope=worker``: this worker only."""
+
+    async def get(self, request: Request) -> Response:
+        scope = request.query.get("scope", "cluster")
+        if scope == "worker":
+            return self.bytes(orjson.dumps(await local_stats()), content_type="application/json")
+        if scope != "cluster":
+            return _error(self, 400, "scope must be 'cluster' or 'worker'")
+        body = await cluster_stats()
+        body["history"] = list(health.history)  # this worker's, for the page's first paint
+        return self.bytes(orjson.dumps(body), content_type="application/json")
+
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css"}
+STATIC_FILES = {
+    path.relative_to(STATIC_DIR).as_posix(): (path.read_bytes(), STATIC_TYPES[path.suffix])
+    for path in STATIC_DIR.rglob("*")
+    if path.suffix in STATIC_TYPES
+}
+
+
+@app.page("/")
+class DashboardView(View):
+    """The live page (app/static/index.html)."""
+
+    async def get(self, request: Request) -> Response:
+        body, content_type = STATIC_FILES["index.html"]
+        return self.bytes(body, content_type=content_type)
+
+
+@app.page("/static/{name:.+}")
+class StaticView(View):
+    async def get(self, request: Request, name: str) -> Response:
+        found = STATIC_FILES.get(name)
+        if found is None:
+            return _error(self, 404, "no such file")
+        return self.bytes(found[0], content_type=found[1], headers={"Cache-Control": "max-age=300"})

@@ -47,6 +47,10 @@ VARIABLES = {
     "MAX_CLOCK_SKEW_S": "max_clock_skew_s",
     "USER_CACHE_SIZE": "user_cache_size",
     "STATE_CHUNK_ROWS": "state_chunk_rows",
+    "HEALTH_LOG_INTERVAL_S": "health_log_interval_s",
+    "LAG_WARN_MESSAGES": "lag_warn_messages",
+    "FRESHNESS_WARN_S": "freshness_warn_s",
+    "HEALTH_TOPIC": "health_topic",
 }
 
 
@@ -118,6 +122,10 @@ PARSED: list[tuple[str, str, Any]] = [
     ("USER_CACHE_SIZE", "500", 500),
     ("STATE_CHUNK_ROWS", "2", 2),
     ("STATE_CHUNK_ROWS", "1000", 1000),
+    ("HEALTH_LOG_INTERVAL_S", "0.5", 0.5),
+    ("LAG_WARN_MESSAGES", "0", 0),
+    ("FRESHNESS_WARN_S", "0.25", 0.25),
+    ("HEALTH_TOPIC", "ops.health", "ops.health"),
 ]
 
 
@@ -170,6 +178,10 @@ BAD: list[tuple[dict[str, str], str]] = [
     ({"USER_CACHE_SIZE": "-1"}, "USER_CACHE_SIZE"),
     ({"STATE_CHUNK_ROWS": "1"}, "STATE_CHUNK_ROWS"),
     ({"STATE_CHUNK_ROWS": "many"}, "STATE_CHUNK_ROWS"),
+    ({"HEALTH_LOG_INTERVAL_S": "0"}, "HEALTH_LOG_INTERVAL_S"),
+    ({"LAG_WARN_MESSAGES": "-5"}, "LAG_WARN_MESSAGES"),
+    ({"FRESHNESS_WARN_S": "soon"}, "FRESHNESS_WARN_S"),
+    ({"HEALTH_TOPIC": "bad topic"}, "HEALTH_TOPIC"),
     # Topic names and the app id must be legal Kafka names (the app id prefixes
     # the changelog and re-keying topics).
     ({"TRANSACTIONS_TOPIC": "my transactions"}, "TRANSACTIONS_TOPIC"),

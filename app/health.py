@@ -1,0 +1,178 @@
+"""Pipeline health figures: Prometheus metrics and the JSON behind ``/stats``.
+
+One :class:`PipelineHealth` per worker process. The agent calls the
+``on_*`` hooks (cheap: a counter increment, a histogram observation, a deque
+append); timers refresh the lag and the rate history; views read
+:meth:`snapshot`. Everything a worker reports is about its own active
+partitions (standbys are not counted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ERROR_TYPES = ("DecodeError", "ValidationError", "LateEvent", "ProcessingError")
+FRESHNESS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                       60.0, 300.0)
+RATE_WINDOW_S = 60.0
+FRESHNESS_WINDOW_S = 60.0
+MAX_FRESHNESS_SAMPLES = 20000
+HISTORY_POINTS = 300
+
+
+def quantile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile of an already sorted list (None if empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+class PipelineHealth:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._processed = Counter("velocity_transactions_processed", "Accepted transactions", registry=r)
+        self._duplicates = Counter("velocity_duplicates", "Duplicate transactions re-published", registry=r)
+        self._dead = Counter("velocity_dead_letters", "Messages sent to the dead-letter topic",
+                             ["error_type"], registry=r)
+        self._lag = Gauge("velocity_consumer_lag", "High watermark minus committed offset, owned partitions",
+                          ["topic", "partition"], registry=r)
+        self._users = Gauge("velocity_table_users", "Users with state in this worker's active partitions",
+                            registry=r)
+        self._freshness = Histogram("velocity_feature_freshness_seconds",
+                                    "Feature computed_at minus the Kafka timestamp of the input message",
+                                    buckets=FRESHNESS_BUCKETS_S, registry=r)
+        self._ready = Gauge("velocity_ready", "1 when partitions are assigned and tables restored", registry=r)
+        for error_type in ERROR_TYPES:
+            self._dead.labels(error_type=error_type)
+        self.processed_total = 0
+        self.duplicates_total = 0
+        self.dead_letters: dict[str, int] = dict.fromkeys(ERROR_TYPES, 0)
+        self.users = 0
+        self.lag: dict[tuple[str, int], int] = {}
+        self.partitions: list[int] = []
+        self._recent_freshness: deque[tuple[float, float]] = deque(maxlen=MAX_FRESHNESS_SAMPLES)
+        self._rate_samples: deque[tuple[float, int]] = deque()
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
+        self.started_at_s = time.time()
+
+    # ---------------------------------------------------------------- hot path
+    def on_processed(self) -> None:
+        self.processed_total += 1
+        self._processed.inc()
+
+    def on_duplicate(self) -> None:
+        self.duplicates_total += 1
+        self._duplicates.inc()
+
+    def on_dead_letter(self, error_type: str) -> None:
+        self.dead_letters[error_type] = self.dead_letters.get(error_type, 0) + 1
+        self._dead.labels(error_type=error_type).inc()
+
+    def on_feature(self, computed_at_s: float, input_timestamp_s: float | None) -> None:
+        if input_timestamp_s is None:
+            return
+        freshness_s = max(0.0, computed_at_s - input_timestamp_s)
+        self._freshness.observe(freshness_s)
+        self._recent_freshness.append((time.monotonic(), freshness_s))
+
+    def on_new_user(self) -> None:
+        self.set_users(self.users + 1)
+
+    # ------------------------------------------------------------- from timers
+    def set_users(self, users: int) -> None:
+        self.users = users
+        self._users.set(users)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
+
+    def set_lag(self, lag: Mapping[tuple[str, int], int], partitions: Iterable[int]) -> None:
+        for topic, partition in set(self.lag) - set(lag):
+            self._lag.remove(topic, str(partition))  # partition no longer ours
+        for (topic, partition), value in lag.items():
+            self._lag.labels(topic=topic, partition=str(partition)).set(value)
+        self.lag = dict(lag)
+        self.partitions = sorted(partitions)
+
+    def sample(self) -> None:
+        """Record one point of the rate history (called every couple of seconds)."""
+        now = time.monotonic()
+        self._rate_samples.append((now, self.processed_total))
+        while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
+            self._rate_samples.popleft()
+        p50, p99 = self.freshness_quantiles()
+        self.history.append({"t": time.time(), "rate_tx_s": self.rate_tx_s(), "lag": self.total_lag(),
+                             "freshness_p50_s": p50, "freshness_p99_s": p99})
+
+    # ------------------------------------------------------------------- reads
+    def rate_tx_s(self) -> float:
+        """Accepted transactions per second over the last minute (or since start)."""
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rate_samples[0], self._rate_samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def freshness_quantiles(self) -> tuple[float | None, float | None]:
+        horizon = time.monotonic() - FRESHNESS_WINDOW_S
+        values = sorted(v for t, v in self._recent_freshness if t >= horizon)
+        return quantile(values, 0.5), quantile(values, 0.99)
+
+    def total_lag(self) -> int:
+        return sum(self.lag.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        p50, p99 = self.freshness_quantiles()
+        return {
+            "processed_total": self.processed_total,
+            "duplicates_total": self.duplicates_total,
+            "dead_letters": dict(self.dead_letters),
+            "dead_letters_total": sum(self.dead_letters.values()),
+            "users": self.users,
+            "rate_tx_s": self.rate_tx_s(),
+            "freshness_p50_s": p50,
+            "freshness_p99_s": p99,
+            "lag": [{"topic": t, "partition": p, "messages": n} for (t, p), n in sorted(self.lag.items())],
+            "lag_total": self.total_lag(),
+            "partitions": self.partitions,
+            "uptime_s": time.time() - self.started_at_s,
+            "history": list(self.history),
+        }
+
+    def prometheus_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cluster view: figures summed over workers; freshness is the worst worker's."""
+    alive = [w for w in workers if "error" not in w]
+    dead_letters = dict.fromkeys(ERROR_TYPES, 0)
+    for w in alive:
+        for k, v in w["dead_letters"].items():
+            dead_letters[k] = dead_letters.get(k, 0) + v
+    p50s = [w["freshness_p50_s"] for w in alive if w["freshness_p50_s"] is not None]
+    p99s = [w["freshness_p99_s"] for w in alive if w["freshness_p99_s"] is not None]
+    return {
+        "workers": len(workers),
+        "workers_answering": len(alive),
+        "processed_total": sum(w["processed_total"] for w in alive),
+        "duplicates_total": sum(w["duplicates_total"] for w in alive),
+        "dead_letters": dead_letters,
+        "dead_letters_total": sum(dead_letters.values()),
+        "users": sum(w["users"] for w in alive),
+        "rate_tx_s": sum(w["rate_tx_s"] for w in alive),
+        "freshness_p50_s": max(p50s) if p50s else None,
+        "freshness_p99_s": max(p99s) if p99s else None,
+        "lag": sorted((lag for w in alive for lag in w["lag"]), key=lambda x: (x["topic"], x["partition"])),
+        "lag_total": sum(w["lag_total"] for w in alive),
+        "partitions": sorted(p for w in alive for p in w["partitions"]),
+    }
+
+
+health = PipelineHealth()

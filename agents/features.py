@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
+from faust import current_event
 
 from app.health import health
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
@@ -74,8 +75,29 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
         failed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         raw_value=origin.raw_value,
     )
-    await dlq_topic.send(key=origin.key, value=value)
+    await publish(dlq_topic, origin.key, value)
     health.on_dead_letter(error_type)
+
+
+async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+    """Send one output message; under exactly_once, inside the source partition's transaction.
+
+    Faust's transaction manager picks the transactional id from the
+    *destination* topic's partition and topic group, so a record for another
+    topic (features, dead letters, the re-keying hop) would land in a
+    transaction that is not committed with the input offsets. We send with the
+    id of the partition being processed, the one Faust commits the offsets in.
+    """
+    event = current_event()
+    if settings.processing_guarantee == "exactly_once" and event is not None:
+        source = event.message.tp
+        group = app.assignor.group_for_topic(source.topic)
+        transactional_id = f"{app.conf.id}-{group}-{source.partition}"
+        await app.producer.send(
+            topic.get_topic_name(), key, value, partition, None, None, transactional_id=transactional_id
+        )
+    else:
+        await topic.send(key=key, value=value, partition=partition)
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
@@ -122,7 +144,7 @@ async def handle_message(topic: str, partition: int, offset: int, key: bytes | N
             user_key = txn.user_id.encode("utf-8")
             expected = owner_partition(user_key, settings.topic_partitions)
             if key != user_key or partition != expected:
-                await rekey_topic.send(key=user_key, value=_envelope(origin, txn), partition=expected)
+                await publish(rekey_topic, user_key, _envelope(origin, txn), partition=expected)
                 return
         await process_transaction(origin, txn)
     except Exception as exc:  # noqa: BLE001 - SPEC 6: anything unexpected is a ProcessingError
@@ -163,7 +185,7 @@ async def process_transaction(origin: Origin, txn: Transaction) -> None:
     else:
         health.on_duplicate()
     health.on_feature(outcome.features["computed_at"], origin.timestamp_s)
-    await features_topic.send(key=txn.user_id.encode("utf-8"), value=orjson.dumps(outcome.features))
+    await publish(features_topic, txn.user_id.encode("utf-8"), orjson.dumps(outcome.features))
 
 
 @app.agent(inbound_topic, name="velocity-features")

@@ -73,7 +73,7 @@ def main() -> None:
     produced = asyncio.run(end_offsets_sum(args.bootstrap, env["TRANSACTIONS_TOPIC"]))
     print(f"catchup: {produced} messages pre-filled in {time.monotonic() - t0:.1f}s")
     log = open(Path(env["APP_DATADIR"]) / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([faust, "-A", "app", "worker", "-l", "warn"], cwd=REPO, env=env,
+    worker = subprocess.Popen([faust, "-A", "app", "worker", "-l", "info"], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         started = time.monotonic()

@@ -224,15 +224,16 @@ async def produce(messages: list[tuple[bytes | None, bytes, int | None]], topic:
 class TopicReader:
     """Reads a topic from the beginning, keeping every message (key, value as JSON)."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, isolation_level: str = "read_uncommitted") -> None:
         self.topic = topic
+        self.isolation_level = isolation_level
         self.messages: list[tuple[bytes | None, dict[str, Any], int]] = []
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
             self.topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None,
+            enable_auto_commit=False, group_id=None, isolation_level=self.isolation_level,
         )
         await self._consumer.start()
         return self

@@ -143,3 +143,4 @@ async def test_a_worker_dies_under_traffic_and_nothing_is_lost_or_doubled(
     # Every record, first or replayed, is one the oracle would publish at some point: counts never exceed
     # the number of the user's accepted transactions.
     assert all(r["tx_count_24h"] <= MESSAGES for r in records)
+

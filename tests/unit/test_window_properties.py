@@ -47,8 +47,11 @@ SPECIAL_AMOUNTS = [
     2e-200,
     5e-324,
 ]
+# A cluster of amounts one ulp apart: windows of them need the exact mean.
+NEAR_ONE = [1.0, math.nextafter(1.0, math.inf), math.nextafter(1.0, -math.inf)]
 amounts = st.one_of(
     st.sampled_from(SPECIAL_AMOUNTS),
+    st.sampled_from(NEAR_ONE),
     st.floats(min_value=0.0, max_value=1e12, exclude_max=True, allow_nan=False, allow_infinity=False),
 )
 

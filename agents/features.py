@@ -21,7 +21,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -72,7 +72,7 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
         key=origin.key,
         error_type=error_type,
         error_message=error_message,
-        failed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        failed_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         raw_value=origin.raw_value,
     )
     await publish(dlq_topic, origin.key, value)
@@ -128,8 +128,9 @@ def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
     return origin, Transaction(**env["txn"])
 
 
-async def handle_message(topic: str, partition: int, offset: int, key: bytes | None,
-                         value: bytes | None, timestamp_s: float | None) -> None:
+async def handle_message(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, timestamp_s: float | None
+) -> None:
     """Process one inbound message; never raises for bad data."""
     origin = Origin(topic, partition, offset, key, timestamp_s, value)
     try:
@@ -147,7 +148,7 @@ async def handle_message(topic: str, partition: int, offset: int, key: bytes | N
                 await publish(rekey_topic, user_key, _envelope(origin, txn), partition=expected)
                 return
         await process_transaction(origin, txn)
-    except Exception as exc:  # noqa: BLE001 - SPEC 6: anything unexpected is a ProcessingError
+    except Exception as exc:
         log.exception("processing failed for %s[%s]@%s key=%r", topic, partition, offset, key)
         await send_dead_letter(origin, "ProcessingError", f"{type(exc).__name__}: {exc}")
 

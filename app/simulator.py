@@ -71,8 +71,14 @@ class TrafficModel:
             self._favourites[user_id] = fav
         return fav
 
-    def _one(self, user_id: str, now_s: float, category: str | None = None,
-             amount_scale: float = 1.0, ts_s: float | None = None) -> dict[str, Any]:
+    def _one(
+        self,
+        user_id: str,
+        now_s: float,
+        category: str | None = None,
+        amount_scale: float = 1.0,
+        ts_s: float | None = None,
+    ) -> dict[str, Any]:
         rng = self.rng
         if category is None:
             fav = self._favourite_categories(user_id)

@@ -50,7 +50,7 @@ class FeaturesView(View):
     async def get(self, request: Request, user_id: str) -> Response:
         try:
             return await self._get(request, user_id)
-        except Exception:  # noqa: BLE001 - never a stack trace to the client
+        except Exception:
             log.exception("lookup of user %r failed", user_id)
             return _error(self, 500, "internal error; see the worker log")
 
@@ -85,9 +85,7 @@ class FeaturesView(View):
                 f"at={at_s!r} is earlier than the user's latest timestamp minus ALLOWED_LATENESS_S "
                 f"({floor!r}); windows older than that are no longer exact",
             )
-        return self.bytes(
-            orjson.dumps(window.lookup(at_s, time.time())), content_type="application/json"
-        )
+        return self.bytes(orjson.dumps(window.lookup(at_s, time.time())), content_type="application/json")
 
     async def _proxy(self, request: Request, owner: Any) -> Response:
         url = request.url.with_host(owner.host).with_port(owner.port)

@@ -20,7 +20,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return web.json_response({"error": exc.reason}, status=exc.status, headers=_kept(exc))
-    except Exception:  # noqa: BLE001 - the client gets one line; the log gets the details
+    except Exception:
         log.exception("request %s %s failed", request.method, request.path_qs)
         return web.json_response({"error": "internal error; see the worker log"}, status=500)
 

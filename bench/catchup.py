@@ -32,7 +32,7 @@ async def end_offsets_sum(bootstrap: str, topic: str) -> int:
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
         return sum((await consumer.end_offsets(tps)).values()) if tps else 0
@@ -66,15 +66,34 @@ def main() -> None:
     faust = str(BIN / "faust")
     t0 = time.monotonic()
     subprocess.run(
-        [faust, "-A", "app", "simulate", "--rate", "1000000", "--max-messages", str(args.messages),
-         "--users", str(args.users), "--duration", "0", "--progress-every", "10", "--out-of-order", "0.02"],
-        cwd=REPO, env=env, check=True,
+        [
+            faust,
+            "-A",
+            "app",
+            "simulate",
+            "--rate",
+            "1000000",
+            "--max-messages",
+            str(args.messages),
+            "--users",
+            str(args.users),
+            "--duration",
+            "0",
+            "--progress-every",
+            "10",
+            "--out-of-order",
+            "0.02",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
     )
     produced = asyncio.run(end_offsets_sum(args.bootstrap, env["TRANSACTIONS_TOPIC"]))
     print(f"catchup: {produced} messages pre-filled in {time.monotonic() - t0:.1f}s")
-    log = open(Path(env["APP_DATADIR"]) / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([faust, "-A", "app", "worker", "-l", "info"], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    log = open(Path(env["APP_DATADIR"]) / "worker.log", "wb")
+    worker = subprocess.Popen(
+        [faust, "-A", "app", "worker", "-l", "info"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         started = time.monotonic()
         first = None
@@ -93,9 +112,11 @@ def main() -> None:
         end = time.monotonic()
         assert first is not None, "no feature record appeared"
         rate = (done - first[1]) / max(end - first[0], 1e-9)
-        print(f"catchup: {done} feature records + {dead} dead letters; start-to-first-record "
-              f"{first[0] - started:.1f}s; steady catch-up {rate:,.0f} tx/s "
-              f"(overall {done / (end - started):,.0f} tx/s incl. start-up)")
+        print(
+            f"catchup: {done} feature records + {dead} dead letters; start-to-first-record "
+            f"{first[0] - started:.1f}s; steady catch-up {rate:,.0f} tx/s "
+            f"(overall {done / (end - started):,.0f} tx/s incl. start-up)"
+        )
     finally:
         worker.terminate()
         worker.wait(timeout=60)

@@ -33,6 +33,8 @@ curl -fsS "http://localhost:$port/ready" >/dev/null || { echo "demo: worker not 
 
 cat <<MSG
 demo: worker ready. Look at:
+  http://localhost:$port/                        the live page: throughput, lag, freshness, dead letters, lookups
+  http://localhost:$port/metrics  /stats          Prometheus metrics, JSON stats
   http://localhost:$port/features/heavy-00        features of a heavy user (try user-000001, ...)
   http://localhost:$port/features/heavy-00?at=\$(date +%s)   the same "as of now"
   http://localhost:$port/ready  /health

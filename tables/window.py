@@ -94,20 +94,20 @@ class UserWindow:
     """All retained transactions of one user, sorted by (timestamp, acceptance)."""
 
     __slots__ = (
-        "user_id",
-        "lateness_s",
-        "chunk_rows",
-        "latest_ts_s",
-        "evicted_ts_s",
-        "next_seq",
-        "next_chunk",
-        "chunks",
-        "tail",
-        "_ts",
         "_amounts",
-        "_merchants",
-        "_txns",
         "_by_id",
+        "_merchants",
+        "_ts",
+        "_txns",
+        "chunk_rows",
+        "chunks",
+        "evicted_ts_s",
+        "lateness_s",
+        "latest_ts_s",
+        "next_chunk",
+        "next_seq",
+        "tail",
+        "user_id",
     )
 
     def __init__(self, user_id: str, lateness_s: float, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:

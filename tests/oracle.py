@@ -64,6 +64,8 @@ class _Accepted:
     merchant_category: str
     timestamp: float
     is_online: bool
+    ts_q: Fraction  # the timestamp and amount as exact rationals
+    amount_q: Fraction
 
 
 class _User:
@@ -74,21 +76,21 @@ class _User:
         """M: the user's latest accepted timestamp."""
         if not self.s:
             return None
-        return max(t.timestamp for t in self.s)
+        return max((t.timestamp for t in self.s), key=Fraction)
 
 
 def _window(s: list[_Accepted], at_s: float, window_s: int) -> list[_Accepted]:
     """Transactions of S with T - W < timestamp <= T, compared exactly."""
     t = Fraction(at_s)
-    return [x for x in s if t - window_s < Fraction(x.timestamp) <= t]
+    return [x for x in s if t - window_s < x.ts_q <= t]
 
 
-def _exact_sum(amounts: list[float]) -> Fraction:
-    return sum((Fraction(a) for a in amounts), Fraction(0))
+def _exact_sum(window: list[_Accepted]) -> Fraction:
+    return sum((x.amount_q for x in window), Fraction(0))
 
 
 def _zscore(amount: float, window: list[_Accepted]) -> float | None:
-    amounts = [Fraction(x.amount) for x in window]
+    amounts = [x.amount_q for x in window]
     n = len(amounts)
     if n < 2 or all(a == amounts[0] for a in amounts):
         return None
@@ -104,8 +106,8 @@ def _zscore(amount: float, window: list[_Accepted]) -> float | None:
 def _window_fields(s: list[_Accepted], at_s: float, zscore_amount: float | None) -> dict[str, Any]:
     w1 = _window(s, at_s, HOUR_S)
     w24 = _window(s, at_s, DAY_S)
-    total_1h = _exact_sum([x.amount for x in w1])
-    total_24h = _exact_sum([x.amount for x in w24])
+    total_1h = _exact_sum(w1)
+    total_24h = _exact_sum(w24)
     return {
         "tx_count_1h": len(w1),
         "tx_count_24h": len(w24),
@@ -121,10 +123,10 @@ def _window_fields(s: list[_Accepted], at_s: float, zscore_amount: float | None)
 
 
 def _seconds_since_last(s: list[_Accepted], x: _Accepted) -> float | None:
-    earlier = [Fraction(o.timestamp) for o in s if o.seq != x.seq and o.timestamp <= x.timestamp]
+    earlier = [o.ts_q for o in s if o.seq != x.seq and o.ts_q <= x.ts_q]
     if not earlier:
         return None
-    return float(Fraction(x.timestamp) - max(earlier))
+    return float(x.ts_q - max(earlier))
 
 
 def _x_fields(s: list[_Accepted], x: _Accepted) -> dict[str, Any]:
@@ -157,7 +159,7 @@ class Oracle:
         if m is None:
             return []
         floor = Fraction(m) - DAY_S - Fraction(self.lateness_s)
-        return [x for x in user.s if Fraction(x.timestamp) > floor]
+        return [x for x in user.s if x.ts_q > floor]
 
     def _is_late(self, ts: float, m: float | None) -> bool:
         return m is not None and Fraction(ts) < Fraction(m) - Fraction(self.lateness_s)
@@ -194,6 +196,8 @@ class Oracle:
             merchant_category=txn["merchant_category"],
             timestamp=txn["timestamp"],
             is_online=txn["is_online"],
+            ts_q=Fraction(txn["timestamp"]),
+            amount_q=Fraction(txn["amount"]),
         )
         user.s.append(x)
         return "accepted", _record(user_id, user.s, x)
@@ -211,11 +215,11 @@ class Oracle:
             return 400, None
         t = m if at is None else at
 
-        candidates = [x for x in retained if Fraction(x.timestamp) <= Fraction(t)]
+        candidates = [x for x in retained if x.ts_q <= Fraction(t)]
         body: dict[str, Any] = {"user_id": user_id}
         if candidates:
             # latest timestamp; among equal timestamps, the one accepted last
-            x = max(candidates, key=lambda c: (Fraction(c.timestamp), c.seq))
+            x = max(candidates, key=lambda c: (c.ts_q, c.seq))
             body.update(_x_fields(user.s, x))
             body.update(_window_fields(user.s, t, x.amount))
         else:
@@ -246,10 +250,13 @@ def assert_record_matches(actual: dict[str, Any], expected: dict[str, Any]) -> N
     Both sides must carry the same fields (apart from computed_at)."""
     actual_keys = set(actual) - _IGNORED_FIELDS
     expected_keys = set(expected) - _IGNORED_FIELDS
-    for name in sorted(expected_keys - actual_keys):
-        raise AssertionError(f"field {name!r} missing (expected {expected[name]!r})")
-    for name in sorted(actual_keys - expected_keys):
-        raise AssertionError(f"unexpected field {name!r} = {actual[name]!r}")
+    missing = sorted(expected_keys - actual_keys)
+    if missing:
+        first = missing[0]
+        raise AssertionError(f"field {first!r} missing (expected {expected[first]!r}); missing: {missing}")
+    extra = sorted(actual_keys - expected_keys)
+    if extra:
+        raise AssertionError(f"unexpected field {extra[0]!r} = {actual[extra[0]]!r}; all unexpected: {extra}")
 
     for name in sorted(expected_keys):
         got, want = actual[name], expected[name]

@@ -29,7 +29,9 @@ class Sent:
         self.by_topic: dict[str, list[tuple[bytes | None, dict[str, Any], int | None]]] = {}
 
     def recorder(self, name: str) -> Any:
-        async def send(*, key: bytes | None = None, value: bytes, partition: int | None = None, **_: Any) -> None:
+        async def send(
+            *, key: bytes | None = None, value: bytes, partition: int | None = None, **_: Any
+        ) -> None:
             self.by_topic.setdefault(name, []).append((key, orjson.loads(value), partition))
 
         return send

@@ -89,7 +89,11 @@ class Worker:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [FAUST, "-A", "app", "worker", "-l", "info"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -158,7 +162,9 @@ async def create_topics(names: list[str], partitions: int) -> None:
 
 
 @pytest.fixture
-def spawn(kafka: str, topics: Topics, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Worker]]:
+def spawn(
+    kafka: str, topics: Topics, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Worker]]:
     """``spawn(**env_overrides)`` starts a worker of this test's app; all are stopped after."""
     app_id = f"velocity-it-{uuid.uuid4().hex[:8]}"
     workers: list[Worker] = []
@@ -232,8 +238,12 @@ class TopicReader:
 
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None, isolation_level=self.isolation_level,
+            self.topic,
+            bootstrap_servers=BOOTSTRAP,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level=self.isolation_level,
         )
         await self._consumer.start()
         return self
@@ -242,8 +252,12 @@ class TopicReader:
         assert self._consumer is not None
         await self._consumer.stop()
 
-    async def until(self, condition: Callable[[list[tuple[bytes | None, dict[str, Any], int]]], bool],
-                    timeout_s: float, what: str) -> list[tuple[bytes | None, dict[str, Any], int]]:
+    async def until(
+        self,
+        condition: Callable[[list[tuple[bytes | None, dict[str, Any], int]]], bool],
+        timeout_s: float,
+        what: str,
+    ) -> list[tuple[bytes | None, dict[str, Any], int]]:
         assert self._consumer is not None
         deadline = time.monotonic() + timeout_s
         while not condition(self.messages):

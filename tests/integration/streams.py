@@ -37,10 +37,25 @@ class Stream:
     messages: list[Message] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
 
-    def add_tx(self, user: str, path: str, partitions: int, txid: str, ts: float, amount: float,
-               merchant: str, **extra: Any) -> None:
-        body: dict[str, Any] = {"transaction_id": txid, "user_id": user, "amount": amount,
-                                "merchant_id": merchant, "timestamp": ts, **extra}
+    def add_tx(
+        self,
+        user: str,
+        path: str,
+        partitions: int,
+        txid: str,
+        ts: float,
+        amount: float,
+        merchant: str,
+        **extra: Any,
+    ) -> None:
+        body: dict[str, Any] = {
+            "transaction_id": txid,
+            "user_id": user,
+            "amount": amount,
+            "merchant_id": merchant,
+            "timestamp": ts,
+            **extra,
+        }
         owner = owner_partition(user, partitions)
         key: bytes | None
         if path == "direct":
@@ -54,9 +69,13 @@ class Stream:
         else:
             raise ValueError(path)
         txn = {
-            "transaction_id": txid, "user_id": user, "amount": float(amount), "merchant_id": merchant,
+            "transaction_id": txid,
+            "user_id": user,
+            "amount": float(amount),
+            "merchant_id": merchant,
             "merchant_category": extra.get("merchant_category") or "unknown",
-            "timestamp": float(ts), "is_online": bool(extra.get("is_online") or False),
+            "timestamp": float(ts),
+            "is_online": bool(extra.get("is_online") or False),
         }
         self.messages.append(Message(key, orjson.dumps(body), partition, user, txn))
         if user not in self.users:
@@ -84,8 +103,9 @@ def crafted_user(stream: Stream, user: str, path: str, partitions: int, base: fl
     add(user, path, p, f"{user}-i", base + D + 2 * H + 0.25, 30.0, "m6")  # equal amounts around
 
 
-def random_user(stream: Stream, rng: random.Random, user: str, path: str, partitions: int,
-                base: float, n: int) -> None:
+def random_user(
+    stream: Stream, rng: random.Random, user: str, path: str, partitions: int, base: float, n: int
+) -> None:
     ts = base
     ids: list[str] = []
     for k in range(n):
@@ -105,7 +125,13 @@ def random_user(stream: Stream, rng: random.Random, user: str, path: str, partit
 
 
 def invalid_messages(stream: Stream, partitions: int, now: float) -> None:
-    good = {"transaction_id": "x", "user_id": "bad-user", "amount": 1.0, "merchant_id": "m", "timestamp": now - 10}
+    good = {
+        "transaction_id": "x",
+        "user_id": "bad-user",
+        "amount": 1.0,
+        "merchant_id": "m",
+        "timestamp": now - 10,
+    }
 
     def variant(**changes: Any) -> bytes:
         body = dict(good)

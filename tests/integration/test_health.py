@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Topics, TopicReader, produce, wait_for
+from tests.integration.conftest import TopicReader, Topics, produce, wait_for
 from tests.integration.streams import H, Stream, invalid_messages
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,9 @@ async def test_metrics_stats_logs_and_health_topic_tell_the_truth(
 ) -> None:
     features, dlq = readers
     health_topic = f"health-{uuid.uuid4().hex[:8]}"
-    worker = spawn(HEALTH_LOG_INTERVAL_S="1", LAG_WARN_MESSAGES="50", FRESHNESS_WARN_S="0", HEALTH_TOPIC=health_topic)
+    worker = spawn(
+        HEALTH_LOG_INTERVAL_S="1", LAG_WARN_MESSAGES="50", FRESHNESS_WARN_S="0", HEALTH_TOPIC=health_topic
+    )
     worker.wait_ready()
     before = metrics(worker)
     assert before[("velocity_transactions_processed_total", ())] == 0
@@ -71,14 +73,18 @@ async def test_metrics_stats_logs_and_health_topic_tell_the_truth(
     assert m[("velocity_transactions_processed_total", ())] == accepted
     assert m[("velocity_duplicates_total", ())] == duplicates
     for error_type in ("DecodeError", "ValidationError", "LateEvent", "ProcessingError"):
-        assert m[("velocity_dead_letters_total", (("error_type", error_type),))] == letters[error_type], error_type
+        assert m[("velocity_dead_letters_total", (("error_type", error_type),))] == letters[error_type], (
+            error_type
+        )
     assert m[("velocity_table_users", ())] == 7
     assert m[("velocity_feature_freshness_seconds_count", ())] == accepted + duplicates
     lag_labels = {dict(labels)["topic"] for (name, labels) in m if name == "velocity_consumer_lag"}
     assert topics.transactions in lag_labels
-    assert {int(dict(labels)["partition"]) for (name, labels) in m
-            if name == "velocity_consumer_lag" and dict(labels)["topic"] == topics.transactions} == set(
-        range(topics.partitions))
+    assert {
+        int(dict(labels)["partition"])
+        for (name, labels) in m
+        if name == "velocity_consumer_lag" and dict(labels)["topic"] == topics.transactions
+    } == set(range(topics.partitions))
 
     status, _, mine = worker.get("/stats?scope=worker")
     assert status == 200
@@ -93,15 +99,19 @@ async def test_metrics_stats_logs_and_health_topic_tell_the_truth(
     assert worker.get("/stats?scope=galaxy")[0] == 400
 
     # Timers: one health line per interval, warnings past the thresholds.
-    log = wait_for(lambda: (t := worker.log_path.read_text()).count("health: rate=") >= 2 and t, 30, "health lines")
+    log = wait_for(
+        lambda: (t := worker.log_path.read_text()).count("health: rate=") >= 2 and t, 30, "health lines"
+    )
     assert f"processed={accepted}" in log or "processed=" in log
     assert "FRESHNESS_WARN_S=0" in log
 
     # The leader publishes the cluster view to the health topic.
     async with TopicReader(health_topic) as reader:
         records = await reader.until(
-            lambda ms: any(v["cluster"]["processed_total"] == accepted for _, v, _ in ms), 30,
-            "a health record with every transaction counted")
+            lambda ms: any(v["cluster"]["processed_total"] == accepted for _, v, _ in ms),
+            30,
+            "a health record with every transaction counted",
+        )
     record = records[-1][1]
     assert record["app_id"] == worker.env["APP_ID"] and record["workers"][0]["ready"] is True
 
@@ -115,8 +125,11 @@ async def test_lag_is_visible_while_the_worker_is_behind(topics: Topics, spawn: 
         user = f"lag-user-{k % 50}"
         stream.add_tx(user, "direct", topics.partitions, f"lag-{k}", now - 600 + k * 0.1, 5.0, "m1")
     await produce([(m.key, m.value, m.partition) for m in stream.messages], topics.transactions)
-    seen = wait_for(lambda: (s := worker.get("/stats?scope=worker")[2])["lag_total"] > 0 and s, 60,
-                    "lag > 0 while the worker catches up")
+    seen = wait_for(
+        lambda: (s := worker.get("/stats?scope=worker")[2])["lag_total"] > 0 and s,
+        60,
+        "lag > 0 while the worker catches up",
+    )
     assert seen["lag_total"] <= 4000
     wait_for(lambda: worker.get("/stats?scope=worker")[2]["processed_total"] == 4000, 120, "catch-up")
     wait_for(lambda: worker.get("/stats?scope=worker")[2]["lag_total"] == 0, 60, "lag back to 0")
@@ -135,8 +148,14 @@ async def test_live_page_in_a_real_browser(
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=chromium_path(),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
@@ -148,20 +167,26 @@ async def test_live_page_in_a_real_browser(
             await produce([(m.key, m.value, m.partition) for m in stream.messages], topics.transactions)
             await features.until(lambda ms: len(ms) >= accepted + duplicates, 90, "all feature records")
             await page.wait_for_function(
-                f"document.getElementById('k-processed').textContent === '{accepted}'", timeout=30000)
+                f"document.getElementById('k-processed').textContent === '{accepted}'", timeout=30000
+            )
             await page.wait_for_function(
-                "parseFloat(document.getElementById('k-rate').textContent) > 0", timeout=30000)
+                "parseFloat(document.getElementById('k-rate').textContent) > 0", timeout=30000
+            )
             await page.fill("#lookup-user", "h-user-3")
             await page.click("#lookup-form button")
             await page.wait_for_selector("#lookup-features", timeout=10000)
             text = await page.inner_text("#lookup-features")
             _, _, body = worker.get("/features/h-user-3")
-            assert body["transaction_id"] in text and f"tx_count_1h\n{body['tx_count_1h']}" in text.replace("\t", "\n")
+            assert body["transaction_id"] in text and f"tx_count_1h\n{body['tx_count_1h']}" in text.replace(
+                "\t", "\n"
+            )
             assert problems == [], problems
             # An unknown user: the page shows the 404 (Chromium logs the failed fetch itself).
             await page.fill("#lookup-user", "nobody-here")
             await page.click("#lookup-form button")
-            await page.wait_for_function("document.getElementById('lookup-result').textContent.startsWith('404')")
+            await page.wait_for_function(
+                "document.getElementById('lookup-result').textContent.startsWith('404')"
+            )
             await page.screenshot(path=str(tmp_path / "dashboard.png"))
             assert all("404" in p for p in problems), problems
         finally:
@@ -173,4 +198,3 @@ def chromium_path() -> str:
         if Path(candidate).exists():
             return candidate
     pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-

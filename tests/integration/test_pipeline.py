@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Topics, TopicReader, Worker, produce
+from tests.integration.conftest import TopicReader, Topics, Worker, produce
 from tests.integration.streams import D, H, Stream, crafted_user, invalid_messages, random_user
 from tests.oracle import Oracle, assert_record_matches
 
@@ -32,8 +32,9 @@ def build_stream(partitions: int, seed: int = 11) -> Stream:
     return stream
 
 
-def expected_outcomes(stream: Stream, topic: str, sent: list[Any]) -> tuple[
-        dict[str, list[dict[str, Any]]], dict[tuple[int, int], str], Oracle]:
+def expected_outcomes(
+    stream: Stream, topic: str, sent: list[Any]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[tuple[int, int], str], Oracle]:
     oracle = Oracle(lateness_s=H)
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     letters: dict[tuple[int, int], str] = {}
@@ -78,7 +79,9 @@ async def test_stream_matches_the_oracle_record_by_record(
     total = sum(len(v) for v in want_records.values())
 
     got = await features.until(lambda ms: len(ms) >= total, 120, f"{total} feature records")
-    letters = await dlq.until(lambda ms: len(ms) >= len(want_letters), 60, f"{len(want_letters)} dead letters")
+    letters = await dlq.until(
+        lambda ms: len(ms) >= len(want_letters), 60, f"{len(want_letters)} dead letters"
+    )
 
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for key, value, _ in got:

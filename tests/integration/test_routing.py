@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Topics, TopicReader, Worker, produce, wait_for
+from tests.integration.conftest import TopicReader, Topics, Worker, produce, wait_for
 from tests.integration.streams import Stream, owner_partition
 from tests.oracle import Oracle, assert_record_matches
 
@@ -35,15 +35,24 @@ async def test_two_workers_route_lookups_to_the_owner(
     a = spawn()
     a.wait_ready()
     b = spawn()
-    owners = wait_for(lambda: split_assignment([a, b], topics.partitions), 120, "partitions split over two workers")
+    owners = wait_for(
+        lambda: split_assignment([a, b], topics.partitions), 120, "partitions split over two workers"
+    )
 
     now = time.time()
     stream = Stream()
     users = [f"user-{i:03d}" for i in range(40)]
     for i, user in enumerate(users):
         for k in range(3):
-            stream.add_tx(user, "direct", topics.partitions, f"{user}-{k}", now - 600 + 60 * k + i, 10.0 * (k + 1),
-                          f"m{k % 2}")
+            stream.add_tx(
+                user,
+                "direct",
+                topics.partitions,
+                f"{user}-{k}",
+                now - 600 + 60 * k + i,
+                10.0 * (k + 1),
+                f"m{k % 2}",
+            )
     await produce([(m.key, m.value, m.partition) for m in stream.messages], topics.transactions)
     await features.until(lambda ms: len(ms) >= len(stream.messages), 120, "all feature records")
 

@@ -19,8 +19,12 @@ def exited(worker: Any) -> int | None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("TOPIC_PARTITIONS", "eight"), ("WEB_PORT", "70000"), ("PROCESSING_GUARANTEE", "maybe"),
-     ("ALLOWED_LATENESS_S", "-1")],
+    [
+        ("TOPIC_PARTITIONS", "eight"),
+        ("WEB_PORT", "70000"),
+        ("PROCESSING_GUARANTEE", "maybe"),
+        ("ALLOWED_LATENESS_S", "-1"),
+    ],
 )
 def test_bad_setting_fails_fast_naming_the_variable(spawn: Any, variable: str, value: str) -> None:
     worker = spawn(**{variable: value})
@@ -45,7 +49,11 @@ def test_input_topic_with_another_partition_count_is_refused(topics: Topics, spa
 
 def test_missing_topics_are_created_with_topic_partitions(spawn: Any, kafka: str) -> None:
     tag = uuid.uuid4().hex[:8]
-    names = {"TRANSACTIONS_TOPIC": f"new-tx-{tag}", "FEATURES_TOPIC": f"new-f-{tag}", "DLQ_TOPIC": f"new-d-{tag}"}
+    names = {
+        "TRANSACTIONS_TOPIC": f"new-tx-{tag}",
+        "FEATURES_TOPIC": f"new-f-{tag}",
+        "DLQ_TOPIC": f"new-d-{tag}",
+    }
     worker = spawn(TOPIC_PARTITIONS="3", **names)
     worker.wait_ready()
     counts = asyncio.run(partition_counts(kafka, list(names.values())))

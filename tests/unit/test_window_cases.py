@@ -125,7 +125,8 @@ CASES: dict[str, Case] = {
         [T("a", T0, 10.0), T("b", T0, 20.0), T("a", T0 + 5.0, 99.0, "m9")],
         "aad",
         dict(transaction_id="a", event_time=T0, current_amount=10.0, tx_count_1h=2, total_amount_1h=30.0,
-             max_amount_24h=20.0, seconds_since_last_tx=0.0, amount_zscore_24h=-1.0, merchant_category="grocery"),
+             max_amount_24h=20.0, seconds_since_last_tx=0.0, amount_zscore_24h=-1.0,
+             merchant_category="grocery"),
     ),
     # b arrives out of order (ts 40 < a's 100), then a is replayed: {10, 30} in a's window,
     # avg 20, std 10, z(10) = -1.0, and b is now the previous transaction: 100 - 40 = 60.
@@ -434,7 +435,13 @@ def test_zscore_table(amount: float, window: list[float], expected: float | None
 
 # ----------------------------------------------------- the comparison helper itself
 
-GOOD = {"tx_count_1h": 2, "total_amount_1h": 30.0, "amount_zscore_24h": None, "event_time": T0, "is_online": False}
+GOOD = {
+    "tx_count_1h": 2,
+    "total_amount_1h": 30.0,
+    "amount_zscore_24h": None,
+    "event_time": T0,
+    "is_online": False,
+}
 
 
 @pytest.mark.parametrize(

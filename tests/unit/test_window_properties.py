@@ -59,7 +59,9 @@ amounts = st.one_of(
 # timestamp) and aligned on the window sizes, so window edges, the lateness
 # floor and the retention floor are hit exactly; "edge" places a transaction
 # exactly one window length away from an earlier one.
-FORWARD_S = [0.0, 0.25, 1.0, 600.0, 1800.0, 3600.0, 3600.25, 86_400.0, 86_400.25, 90_000.0, 90_000.5, 200_000.0]
+FORWARD_S = [
+    0.0, 0.25, 1.0, 600.0, 1800.0, 3600.0, 3600.25, 86_400.0, 86_400.25, 90_000.0, 90_000.5, 200_000.0
+]
 moves = st.one_of(
     st.tuples(st.just("forward"), st.sampled_from(FORWARD_S)),
     st.tuples(st.just("forward"), st.floats(min_value=0.0, max_value=100_000.0)),
@@ -318,7 +320,8 @@ latest_values = st.one_of(
 def _neighbours(x: float) -> list[float]:
     below = math.nextafter(x, -math.inf)
     above = math.nextafter(x, math.inf)
-    return [t for t in (math.nextafter(below, -math.inf), below, x, above, math.nextafter(above, math.inf)) if t > 0]
+    around = (math.nextafter(below, -math.inf), below, x, above, math.nextafter(above, math.inf))
+    return [t for t in around if t > 0]
 
 
 @PROPERTY_SETTINGS
@@ -357,4 +360,5 @@ def test_retention_floor_is_exact_in_real_arithmetic(lateness_s: float, latest_s
         # A retained id is a duplicate (too old to republish: late); an evicted one is new again.
         again = Txn("old", latest_s, 3.0, "m1", "c", False)
         verdict = window.apply(again, COMPUTED_AT_S).verdict
-        assert verdict == ("late" if retained else "accepted"), f"old={old_ts!r} M={latest_s!r} L={lateness_s!r}"
+        expected = "late" if retained else "accepted"
+        assert verdict == expected, f"old={old_ts!r} M={latest_s!r} L={lateness_s!r}"

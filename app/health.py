@@ -88,6 +88,19 @@ class PipelineHealth:
         self._rate_samples: deque[tuple[float, int]] = deque()
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
         self.started_at_s = time.time()
+        self._restored = Counter(
+            "velocity_changelog_records_restored",
+            "Changelog records applied while restoring active partitions",
+            registry=r,
+        )
+        self._standby = Counter(
+            "velocity_changelog_records_standby",
+            "Changelog records applied to standby partitions",
+            registry=r,
+        )
+        self._episode: dict[str, float] | None = None  # the restore in progress
+        self.last_recovery: dict[str, float] | None = None
+        self.startup_to_ready_s: float | None = None
 
     # ---------------------------------------------------------------- hot path
     def on_processed(self) -> None:
@@ -112,7 +125,32 @@ class PipelineHealth:
     def on_new_user(self) -> None:
         self.set_users(self.users + 1)
 
+    def on_changelog_event(self, restoring_active: bool) -> None:
+        if not restoring_active:
+            self._standby.inc()
+            return
+        self._restored.inc()
+        now = time.monotonic()
+        if self._episode is None:
+            self._episode = {"records": 0, "first": now, "last": now}
+        self._episode["records"] += 1
+        self._episode["last"] = now
+
     # ------------------------------------------------------------- from timers
+    def on_ready(self) -> None:
+        """Called when the worker is (again) ready: closes the restore episode, if any."""
+        if self.startup_to_ready_s is None:
+            self.startup_to_ready_s = time.time() - self.started_at_s
+        episode, self._episode = self._episode, None
+        if episode is not None:
+            seconds = episode["last"] - episode["first"]
+            self.last_recovery = {
+                "records": episode["records"],
+                "seconds": seconds,
+                "records_per_s": episode["records"] / seconds if seconds > 0 else None,
+                "finished_at": time.time(),
+            }
+
     def set_users(self, users: int) -> None:
         self.users = users
         self._users.set(users)
@@ -176,6 +214,8 @@ class PipelineHealth:
             "lag_total": self.total_lag(),
             "partitions": self.partitions,
             "uptime_s": time.time() - self.started_at_s,
+            "startup_to_ready_s": self.startup_to_ready_s,
+            "last_recovery": self.last_recovery,
             "history": list(self.history),
         }
 

@@ -25,10 +25,11 @@ from tables.store import is_head_key, user_state
 
 log = logging.getLogger(__name__)
 
-REFRESH_S = 2.0
+REFRESH_S = 1.0
 PEER_TIMEOUT_S = 2.0
 
 _recount_needed = True
+_was_ready = False
 
 
 def input_topics() -> tuple[str, str]:
@@ -97,9 +98,12 @@ async def refresh_lag() -> None:
 
 @app.timer(interval=REFRESH_S)
 async def refresh_health() -> None:
-    global _recount_needed
+    global _recount_needed, _was_ready
     ready = is_ready()
     health.set_ready(ready)
+    if ready and not _was_ready:
+        health.on_ready()
+    _was_ready = ready
     health.sample()
     if ready and _recount_needed:
         _recount_needed = False

@@ -12,12 +12,20 @@
 #   KAFKA_DATA_DIR         broker data + pid + logs (default $VELOCITY_CACHE/kafka-$KAFKA_PORT)
 #   KAFKA_HEAP_OPTS        JVM heap (default -Xms256m -Xmx768m, fit for a 2-core box)
 #   KAFKA_START_TIMEOUT_S  how long `start` waits for the broker (default 120)
+#   KAFKA_HOST             host the client and controller listeners bind (default localhost)
+#   KAFKA_ADVERTISED_HOST  host advertised to clients (default KAFKA_HOST); must be an
+#                          address clients can reach, e.g. not 0.0.0.0
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
 port="${KAFKA_PORT:-9092}"
 controller_port="$((port + 1))"
+host="${KAFKA_HOST:-localhost}"
+advertised_host="${KAFKA_ADVERTISED_HOST:-$host}"
+# where `start` checks that the port answers: the loopback address for localhost
+probe_host="$host"
+if [[ "$host" == localhost ]]; then probe_host=127.0.0.1; fi
 cache="${VELOCITY_CACHE:-$HOME/.cache/velocity}"
 libs="$cache/kafka-$kafka_version/libs"
 data="${KAFKA_DATA_DIR:-$cache/kafka-$port}"
@@ -55,16 +63,16 @@ running_pid() {
   return 1
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$probe_host/$port") 2>/dev/null; }
 
 write_config() {
   mkdir -p "$data/logs" "$data/log-dirs"
   cat >"$data/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@localhost:$controller_port
-listeners=PLAINTEXT://localhost:$port,CONTROLLER://localhost:$controller_port
-advertised.listeners=PLAINTEXT://localhost:$port
+controller.quorum.voters=1@$host:$controller_port
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port
+advertised.listeners=PLAINTEXT://$advertised_host:$port
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -98,7 +106,7 @@ EOF
 
 start() {
   if pid="$(running_pid)"; then
-    log "already running (pid $pid) on localhost:$port"
+    log "already running (pid $pid) on $host:$port"
     return 0
   fi
   if port_open; then
@@ -130,7 +138,7 @@ start() {
     fi
     sleep 0.5
   done
-  log "started (pid $(cat "$pid_file")) on localhost:$port, data in $data"
+  log "started (pid $(cat "$pid_file")) on $host:$port, data in $data"
 }
 
 stop() {
@@ -156,7 +164,7 @@ stop() {
 
 status() {
   if pid="$(running_pid)"; then
-    log "running (pid $pid) on localhost:$port, data in $data"
+    log "running (pid $pid) on $host:$port, data in $data"
   else
     log "not running"
     return 1

@@ -21,12 +21,20 @@ from typing import Any
 
 import faust
 
+from app.health import health
 from app.main import app, settings
 from tables.window import StateWrite, UserWindow
 
 log = logging.getLogger(__name__)
 
 CHUNK_SEPARATOR = b"\xff"
+
+
+async def _count_changelog_event(event: Any) -> None:
+    # Faust applies changelog events to active partitions while it restores
+    # them (app.in_recovery) and to standby partitions afterwards.
+    health.on_changelog_event(restoring_active=bool(app.in_recovery))
+
 
 user_state = app.Table(
     "user-state",
@@ -36,6 +44,12 @@ user_state = app.Table(
     value_type=bytes,
     schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
     partitions=settings.topic_partitions,
+    on_changelog_event=_count_changelog_event,
+    # Every transaction rewrites its user's head, so the changelog is mostly
+    # superseded values: roll segments every 10 minutes so that compaction
+    # (which never touches the active segment) keeps restores proportional
+    # to the number of users, not to the traffic.
+    extra_topic_configs={"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.2"},
     help="Per-user sliding-window state: heads and sealed chunks (tables/window.py).",
 )
 

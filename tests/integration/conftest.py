@@ -230,16 +230,19 @@ async def produce(messages: list[tuple[bytes | None, bytes, int | None]], topic:
 class TopicReader:
     """Reads a topic from the beginning, keeping every message (key, value as JSON)."""
 
-    def __init__(self, topic: str, isolation_level: str = "read_uncommitted") -> None:
+    def __init__(
+        self, topic: str, isolation_level: str = "read_uncommitted", bootstrap: str = BOOTSTRAP
+    ) -> None:
         self.topic = topic
         self.isolation_level = isolation_level
+        self.bootstrap = bootstrap
         self.messages: list[tuple[bytes | None, dict[str, Any], int]] = []
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=BOOTSTRAP,
+            bootstrap_servers=self.bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,

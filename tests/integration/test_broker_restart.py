@@ -1,0 +1,119 @@
+"""The broker is stopped and started again (same data directory) under traffic: nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.integration.conftest import REPO, TopicReader, Worker, free_port, wait_for
+from tests.integration.test_failover import owners, traffic
+from tests.oracle import Oracle, assert_record_matches
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+class Broker:
+    """A broker of this test's own (scripts/kafka.sh on another port and data directory)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        while self.port + 1 > 65535 or _taken(self.port + 1):
+            self.port = free_port()
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_DATA_DIR": str(tmp / "kafka")}
+
+    @property
+    def bootstrap(self) -> str:
+        return f"localhost:{self.port}"
+
+    def run(self, action: str) -> None:
+        subprocess.run([str(REPO / "scripts" / "kafka.sh"), action], env=self.env, check=True, timeout=180)
+
+
+def _taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.run("start")
+    try:
+        yield b
+    finally:
+        b.run("stop")
+
+
+async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn: Any) -> None:
+    tag = os.urandom(4).hex()
+    names = {
+        "TRANSACTIONS_TOPIC": f"br-tx-{tag}",
+        "FEATURES_TOPIC": f"br-f-{tag}",
+        "DLQ_TOPIC": f"br-d-{tag}",
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names.values()])
+    await admin.close()
+    env = {"BROKER_URL": f"kafka://{broker.bootstrap}", "TOPIC_PARTITIONS": str(PARTITIONS), **names}
+    workers: list[Worker] = [spawn(**env), spawn(**env)]
+    wait_for(lambda: owners(workers, PARTITIONS), 180, "partitions over two workers")
+
+    stream = traffic(PARTITIONS, seed=99)
+    oracle = Oracle()
+    accepted: set[str] = set()
+    for m in stream.messages:
+        assert m.txn is not None
+        if oracle.process(m.txn)[0] != "late":
+            accepted.add(m.txn["transaction_id"])
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    half = len(stream.messages) // 2
+    for m in stream.messages[:half]:
+        await producer.send(names["TRANSACTIONS_TOPIC"], value=m.value, key=m.key, partition=m.partition)
+    await producer.flush()
+    await producer.stop()
+
+    await asyncio.to_thread(broker.run, "stop")
+    await asyncio.to_thread(broker.run, "start")
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    for m in stream.messages[half:]:
+        await producer.send(names["TRANSACTIONS_TOPIC"], value=m.value, key=m.key, partition=m.partition)
+    await producer.flush()
+    await producer.stop()
+
+    async with TopicReader(names["FEATURES_TOPIC"], bootstrap=broker.bootstrap) as features:
+        await features.until(
+            lambda ms: {v["transaction_id"] for _, v, _ in ms} >= accepted,
+            240,
+            "a feature record for every accepted transaction after the broker restart",
+        )
+    assert all(w.alive() for w in workers), "workers reconnect by themselves"
+    wait_for(lambda: owners(workers, PARTITIONS), 180, "workers ready again")
+    for user in sorted({m.user for m in stream.messages if m.user}):
+        want_status, want = oracle.lookup(user)
+        for w in workers:
+            status, _, body = wait_for(
+                lambda w=w, user=user: (r := w.get("/features/" + urllib.parse.quote(user)))[0] != 503 and r,
+                60,
+                "an answer that is not 503",
+            )
+            assert status == want_status == 200, (w.url, user, body)
+            assert want is not None
+            assert_record_matches(body, want)

@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from catchup import end_offsets_sum  # noqa: E402
+from catchup import end_offsets_sum
 
 REPO = Path(__file__).resolve().parents[1]
 FAUST = str(Path(sys.executable).parent / "faust")

@@ -16,7 +16,7 @@ MAX_CATEGORY_CHARS = 64
 MAX_AMOUNT = 1e12
 
 
-class Transaction(faust.Record, serializer="json"):
+class Transaction(faust.Record, serializer="orjson"):
     """A validated card transaction (SPEC 3), defaults already applied."""
 
     transaction_id: str
@@ -28,7 +28,7 @@ class Transaction(faust.Record, serializer="json"):
     is_online: bool
 
 
-class UserFeatures(faust.Record, serializer="json"):
+class UserFeatures(faust.Record, serializer="orjson"):
     """The feature record published to ``ml-features`` (SPEC 4, 5)."""
 
     user_id: str
@@ -51,7 +51,7 @@ class UserFeatures(faust.Record, serializer="json"):
     computed_at: float
 
 
-class DeadLetter(faust.Record, serializer="json"):
+class DeadLetter(faust.Record, serializer="orjson"):
     """A message that could not be accepted (SPEC 6)."""
 
     original_topic: str

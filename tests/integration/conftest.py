@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -50,17 +50,24 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
         time.sleep(interval_s)
 
 
-def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, dict[str, str], Any]:
+# Test traffic goes straight to the workers' addresses, never through a proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0
+) -> tuple[int, dict[str, str], Any]:
     """(status, headers, parsed JSON body or raw text)."""
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            status, headers, body = r.status, dict(r.headers), r.read()
+        with _OPENER.open(request, timeout=timeout_s) as r:
+            status, head, body = r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
-        status, headers, body = e.code, dict(e.headers), e.read()
+        status, head, body = e.code, dict(e.headers), e.read()
     try:
-        return status, headers, json.loads(body)
+        return status, head, json.loads(body)
     except ValueError:
-        return status, headers, body.decode("utf-8", "replace")
+        return status, head, body.decode("utf-8", "replace")
 
 
 @dataclass
@@ -100,8 +107,8 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def get(self, path: str) -> tuple[int, dict[str, str], Any]:
-        return http_get(self.url + path)
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        return http_get(self.url + path, headers)
 
     def ready_body(self) -> dict[str, Any] | None:
         if not self.alive():
@@ -280,3 +287,39 @@ class TopicReader:
 async def readers(topics: Topics) -> AsyncIterator[tuple[TopicReader, TopicReader]]:
     async with TopicReader(topics.features) as features, TopicReader(topics.dlq) as dlq:
         yield features, dlq
+
+
+W = TypeVar("W", bound=Worker)
+
+
+def assignment(workers: list[W], partitions: int, every_worker_owns: bool = False) -> dict[int, W] | None:
+    """partition -> its one owner, once every partition has exactly one (and, if asked, every worker some)."""
+    owners: dict[int, W] = {}
+    for w in workers:
+        body = w.ready_body()
+        if body is None or (every_worker_owns and not body["partitions"]):
+            return None
+        for p in body["partitions"]:
+            if p in owners:
+                return None  # still settling
+            owners[p] = w
+    return owners if sorted(owners) == list(range(partitions)) else None
+
+
+async def send_paced(
+    messages: list[Any], topic: str, rate_per_s: float, sent: list[int], bootstrap: str = BOOTSTRAP
+) -> None:
+    """Send ``messages`` (with key, value, partition) at a steady rate; ``sent[0]`` counts them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for i, m in enumerate(messages):
+            await producer.send(topic, value=m.value, key=m.key, partition=m.partition)
+            sent[0] = i + 1
+            delay = started + (i + 1) / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration.conftest import REPO, TopicReader, Worker, free_port, wait_for
-from tests.integration.test_failover import owners, traffic
+from tests.integration.conftest import REPO, TopicReader, Worker, assignment, free_port, wait_for
+from tests.integration.test_failover import traffic
 from tests.oracle import Oracle, assert_record_matches
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
     await admin.close()
     env = {"BROKER_URL": f"kafka://{broker.bootstrap}", "TOPIC_PARTITIONS": str(PARTITIONS), **names}
     workers: list[Worker] = [spawn(**env), spawn(**env)]
-    wait_for(lambda: owners(workers, PARTITIONS), 180, "partitions over two workers")
+    wait_for(lambda: assignment(workers, PARTITIONS), 180, "partitions over two workers")
 
     stream = traffic(PARTITIONS, seed=99)
     oracle = Oracle()
@@ -105,7 +105,7 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
             "a feature record for every accepted transaction after the broker restart",
         )
     assert all(w.alive() for w in workers), "workers reconnect by themselves"
-    wait_for(lambda: owners(workers, PARTITIONS), 180, "workers ready again")
+    wait_for(lambda: assignment(workers, PARTITIONS), 180, "workers ready again")
     for user in sorted({m.user for m in stream.messages if m.user}):
         want_status, want = oracle.lookup(user)
         for w in workers:

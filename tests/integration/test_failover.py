@@ -17,9 +17,8 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import BOOTSTRAP, TopicReader, Topics, Worker, wait_for
+from tests.integration.conftest import TopicReader, Topics, Worker, assignment, send_paced, wait_for
 from tests.integration.streams import Stream
 from tests.oracle import Oracle, assert_record_matches
 
@@ -59,35 +58,6 @@ def traffic(partitions: int, seed: int) -> Stream:
     return stream
 
 
-async def send_paced(stream: Stream, topic: str, rate_per_s: float, sent: list[int]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        started = time.monotonic()
-        for i, m in enumerate(stream.messages):
-            await producer.send(topic, value=m.value, key=m.key, partition=m.partition)
-            sent[0] = i + 1
-            delay = started + (i + 1) / rate_per_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def owners(workers: list[Worker], partitions: int) -> dict[int, Worker] | None:
-    mapping: dict[int, Worker] = {}
-    for w in workers:
-        body = w.ready_body()
-        if body is None:
-            return None
-        for p in body["partitions"]:
-            if p in mapping:
-                return None
-            mapping[p] = w
-    return mapping if sorted(mapping) == list(range(partitions)) else None
-
-
 def check_lookups(workers: list[Worker], oracle: Oracle, users: list[str]) -> None:
     for user in users:
         want_status, want = oracle.lookup(user)
@@ -109,7 +79,9 @@ async def scale_and_fail(
     for _ in range(2):  # scale out 1 -> 2 -> 3
         workers.append(spawn(**env))
         wait_for(
-            lambda: owners(workers, topics.partitions), 180, f"partitions spread over {len(workers)} workers"
+            lambda: assignment(workers, topics.partitions),
+            180,
+            f"partitions spread over {len(workers)} workers",
         )
 
     stream = traffic(topics.partitions, seed=sig.value)
@@ -122,7 +94,7 @@ async def scale_and_fail(
             accepted.add(m.txn["transaction_id"])
 
     sent = [0]
-    sender = asyncio.create_task(send_paced(stream, topics.transactions, RATE_PER_S, sent))
+    sender = asyncio.create_task(send_paced(stream.messages, topics.transactions, RATE_PER_S, sent))
     while sent[0] < MESSAGES // 3:
         await asyncio.sleep(0.05)
     victim = workers[1]
@@ -135,7 +107,7 @@ async def scale_and_fail(
         240,
         "a feature record for every accepted transaction",
     )
-    wait_for(lambda: owners(survivors, topics.partitions), 180, "survivors owning every partition")
+    wait_for(lambda: assignment(survivors, topics.partitions), 180, "survivors owning every partition")
     users = sorted({m.user for m in stream.messages if m.user})
     check_lookups(survivors, oracle, users)
     return oracle, accepted, survivors

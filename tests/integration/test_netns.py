@@ -48,11 +48,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration.conftest import FAUST, REPO, TopicReader, Worker, wait_for
-from tests.integration.streams import Stream, owner_partition
+from tests.integration.conftest import (
+    FAUST,
+    REPO,
+    TopicReader,
+    Worker,
+    assignment,
+    http_get,
+    send_paced,
+    wait_for,
+)
+from tests.integration.streams import owner_partition
 from tests.integration.test_failover import MESSAGES, RATE_PER_S, traffic
 from tests.oracle import Oracle, assert_record_matches
 
@@ -64,25 +72,6 @@ WEB_PORT = 6066  # the same in every namespace: only the address tells the worke
 NET_PREFIX = "10.213"  # the test's own /24 is NET_PREFIX.<n>.0/24, on its own bridge only
 KAFKA_SH = REPO / "scripts" / "kafka.sh"
 ROUTED_HEADER = "X-Velocity-Routed"
-
-# Plain HTTP straight to the namespaces' addresses: never through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def direct_get(
-    url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0
-) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, parsed JSON body or raw text), bypassing any configured proxy."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with _OPENER.open(request, timeout=timeout_s) as r:
-            status, head, body = r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        status, head, body = e.code, dict(e.headers), e.read()
-    try:
-        return status, head, json.loads(body)
-    except ValueError:
-        return status, head, body.decode("utf-8", "replace")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -267,7 +256,7 @@ class NsWorker(Worker):
         return self
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-        return direct_get(self.url + path, headers)
+        return http_get(self.url + path, headers)
 
 
 @dataclass
@@ -344,62 +333,13 @@ def ns_spawn(
             sys.stderr.write(f"\n--- log of worker {w.url} ({w.netns}) ---\n{w.tail()}\n")
 
 
-class NetReader(TopicReader):
-    """conftest's TopicReader, reading from the test's own broker."""
-
-    def __init__(self, topic: str, bootstrap: str) -> None:
-        super().__init__(topic)
-        self.bootstrap = bootstrap
-
-    async def __aenter__(self) -> NetReader:
-        self._consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await self._consumer.start()
-        return self
-
-
 @pytest.fixture
-async def net_readers(lab: Lab, net_topics: NetTopics) -> AsyncIterator[tuple[NetReader, NetReader]]:
+async def net_readers(lab: Lab, net_topics: NetTopics) -> AsyncIterator[tuple[TopicReader, TopicReader]]:
     async with (
-        NetReader(net_topics.features, lab.bootstrap) as features,
-        NetReader(net_topics.dlq, lab.bootstrap) as dlq,
+        TopicReader(net_topics.features, bootstrap=lab.bootstrap) as features,
+        TopicReader(net_topics.dlq, bootstrap=lab.bootstrap) as dlq,
     ):
         yield features, dlq
-
-
-async def send_paced(stream: Stream, topic: str, bootstrap: str, sent: list[int]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        started = time.monotonic()
-        for i, m in enumerate(stream.messages):
-            await producer.send(topic, value=m.value, key=m.key, partition=m.partition)
-            sent[0] = i + 1
-            delay = started + (i + 1) / RATE_PER_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def assignment(workers: list[NsWorker], every_worker_owns: bool) -> dict[int, NsWorker] | None:
-    """partition -> its one owner, once every partition has exactly one (and, if asked, every worker some)."""
-    owners: dict[int, NsWorker] = {}
-    for w in workers:
-        body = w.ready_body()
-        if body is None or (every_worker_owns and not body["partitions"]):
-            return None
-        for p in body["partitions"]:
-            if p in owners:
-                return None  # still settling
-            owners[p] = w
-    return owners if sorted(owners) == list(range(PARTITIONS)) else None
 
 
 def lookup_until_200(worker: NsWorker, user: str, deadline: float) -> dict[str, Any]:
@@ -433,7 +373,7 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
     lab: Lab,
     net_topics: NetTopics,
     ns_spawn: Callable[[int], NsWorker],
-    net_readers: tuple[NetReader, NetReader],
+    net_readers: tuple[TopicReader, TopicReader],
 ) -> None:
     features, dlq = net_readers
     started = time.monotonic()
@@ -443,7 +383,7 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
     for i in range(1, WORKERS):  # scale out 1 -> 2 -> 3, one namespace each
         workers.append(ns_spawn(i))
         wait_for(
-            lambda: assignment(workers, every_worker_owns=True),
+            lambda: assignment(workers, PARTITIONS, every_worker_owns=True),
             150,
             f"partitions spread over {len(workers)} workers",
         )
@@ -459,7 +399,9 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
             accepted.add(m.txn["transaction_id"])
 
     sent = [0]
-    sender = asyncio.create_task(send_paced(stream, net_topics.transactions, lab.bootstrap, sent))
+    sender = asyncio.create_task(
+        send_paced(stream.messages, net_topics.transactions, RATE_PER_S, sent, bootstrap=lab.bootstrap)
+    )
     while sent[0] < MESSAGES // 3:
         if sender.done():
             sender.result()  # raise what stopped it
@@ -475,9 +417,7 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
         180,
         "a feature record for every accepted transaction",
     )
-    owners = wait_for(
-        lambda: assignment(survivors, every_worker_owns=False), 150, "survivors owning every partition"
-    )
+    owners = wait_for(lambda: assignment(survivors, PARTITIONS), 150, "survivors owning every partition")
 
     users = sorted({m.user for m in stream.messages if m.user})
     deadline = time.monotonic() + 90
@@ -493,7 +433,7 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
 
     # Lookups were answered through owners at other addresses: the assignment the answers were
     # checked against still holds, and the asked worker refuses to answer those users itself.
-    assert assignment(survivors, every_worker_owns=False) == owners, "ownership moved during the lookups"
+    assert assignment(survivors, PARTITIONS) == owners, "ownership moved during the lookups"
     assert {w.host for w, _, _ in proxied} == {w.host for w in survivors}, (
         f"every survivor must have proxied some lookup: {[(w.url, u, o.url) for w, u, o in proxied]}"
     )

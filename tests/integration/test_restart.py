@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.integration.conftest import BOOTSTRAP, Topics, Worker, produce, wait_for
+from tests.integration.conftest import BOOTSTRAP, Topics, Worker, assignment, produce, wait_for
 from tests.integration.streams import Stream
-from tests.integration.test_failover import owners
 from tests.oracle import Oracle, assert_record_matches
 
 pytestmark = pytest.mark.integration
@@ -45,7 +44,7 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     a = spawn()
     a.wait_ready()
     b = spawn()
-    wait_for(lambda: owners([a, b], topics.partitions), 120, "partitions split over two workers")
+    wait_for(lambda: assignment([a, b], topics.partitions), 120, "partitions split over two workers")
 
     stream = Stream()
     now = time.time()
@@ -54,13 +53,13 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     wait_for(lambda: topic_records(topics.features) >= len(first), 120, "the first batch's records")
 
     a.stop()  # SIGTERM: clean shutdown, RocksDB closed with its offsets
-    wait_for(lambda: owners([b], topics.partitions), 120, "b owning every partition")
+    wait_for(lambda: assignment([b], topics.partitions), 120, "b owning every partition")
     second = batch(stream, topics.partitions, users=100, per_user=2, start=now - 1000, tag="b")
     asyncio.run(produce([(m.key, m.value, m.partition) for m in second], topics.transactions))
     wait_for(lambda: topic_records(topics.features) >= len(first) + len(second), 120, "the second batch")
 
     again = spawn(APP_DATADIR=a.env["APP_DATADIR"])
-    wait_for(lambda: owners([again, b], topics.partitions), 120, "partitions split again")
+    wait_for(lambda: assignment([again, b], topics.partitions), 120, "partitions split again")
     # startup_to_ready_s is set by the same timer tick that closes the restore episode.
     restored = wait_for(lambda: (s := stats(again))["startup_to_ready_s"] is not None and s, 60, "ready")[
         "last_recovery"
@@ -79,7 +78,7 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     again.stop()
     b.stop()
     cold = spawn()
-    wait_for(lambda: owners([cold], topics.partitions), 120, "a cold worker owning every partition")
+    wait_for(lambda: assignment([cold], topics.partitions), 120, "a cold worker owning every partition")
     cold_restored = wait_for(lambda: (s := stats(cold))["startup_to_ready_s"] is not None and s, 60, "ready")[
         "last_recovery"
     ]

@@ -8,24 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import TopicReader, Topics, Worker, produce, wait_for
+from tests.integration.conftest import TopicReader, Topics, assignment, produce, wait_for
 from tests.integration.streams import Stream, owner_partition
 from tests.oracle import Oracle, assert_record_matches
 
 pytestmark = pytest.mark.integration
-
-
-def split_assignment(workers: list[Worker], partitions: int) -> dict[int, Worker] | None:
-    owners: dict[int, Worker] = {}
-    for w in workers:
-        body = w.ready_body()
-        if body is None or not body["partitions"]:
-            return None
-        for p in body["partitions"]:
-            if p in owners:
-                return None  # still settling
-            owners[p] = w
-    return owners if sorted(owners) == list(range(partitions)) else None
 
 
 async def test_two_workers_route_lookups_to_the_owner(
@@ -36,7 +23,9 @@ async def test_two_workers_route_lookups_to_the_owner(
     a.wait_ready()
     b = spawn()
     owners = wait_for(
-        lambda: split_assignment([a, b], topics.partitions), 120, "partitions split over two workers"
+        lambda: assignment([a, b], topics.partitions, every_worker_owns=True),
+        120,
+        "partitions split over two workers",
     )
 
     now = time.time()

@@ -14,6 +14,7 @@ from pathlib import Path
 import faust
 
 from app import codecs as _orjson_codec  # noqa: F401  (registers the "orjson" codec)
+from app import faust_fixes
 from app.kafka_admin import TopicMismatchError, TopicSpec, ensure_topics
 from app.settings import Settings, SettingsError, load_settings
 from app.web_errors import json_errors
@@ -24,6 +25,9 @@ try:
     settings: Settings = load_settings()
 except SettingsError as exc:  # one clear line, no traceback
     raise SystemExit(f"velocity: bad configuration: {exc}") from None
+
+
+faust_fixes.apply()
 
 
 class VelocityApp(faust.App):

@@ -73,7 +73,7 @@ def check_lookups(workers: list[Worker], oracle: Oracle, users: list[str]) -> No
 
 async def scale_and_fail(
     topics: Topics, spawn: Any, features: TopicReader, sig: signal.Signals, **env: str
-) -> tuple[Oracle, set[str], list[Worker]]:
+) -> tuple[Stream, set[str], list[Worker]]:
     workers = [spawn(**env)]
     workers[0].wait_ready()
     for _ in range(2):  # scale out 1 -> 2 -> 3
@@ -110,7 +110,7 @@ async def scale_and_fail(
     wait_for(lambda: assignment(survivors, topics.partitions), 180, "survivors owning every partition")
     users = sorted({m.user for m in stream.messages if m.user})
     check_lookups(survivors, oracle, users)
-    return oracle, accepted, survivors
+    return stream, accepted, survivors
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -124,3 +124,4 @@ async def test_a_worker_dies_under_traffic_and_nothing_is_lost_or_doubled(
     # The stream holds no late or invalid message, and replays are within lateness: no dead letter.
     letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
     assert letters == []
+

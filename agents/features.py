@@ -88,8 +88,8 @@ async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | 
     transaction that is not committed with the input offsets. We send with the
     id of the partition being processed, the one Faust commits the offsets in.
     """
-    event = current_event()
-    if settings.processing_guarantee == "exactly_once" and event is not None:
+    event = current_event() if settings.processing_guarantee == "exactly_once" else None
+    if event is not None:
         source = event.message.tp
         group = app.assignor.group_for_topic(source.topic)
         transactional_id = f"{app.conf.id}-{group}-{source.partition}"

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from tests.oracle import Oracle
+
 H = 3600.0
 D = 86400.0
 
@@ -156,3 +158,16 @@ def invalid_messages(stream: Stream, partitions: int, now: float) -> None:
     ]
     for i, (key, value, error_type) in enumerate(cases):
         stream.add_invalid(key, value, i % partitions, error_type)
+
+
+def replay(stream: Stream) -> tuple[Oracle, set[str]]:
+    """The oracle after the whole stream in order, and the ids of the transactions it accepted."""
+    oracle = Oracle()
+    accepted: set[str] = set()
+    for m in stream.messages:
+        if m.txn is None:
+            continue
+        verdict, _ = oracle.process(m.txn)
+        if verdict != "late":
+            accepted.add(m.txn["transaction_id"])
+    return oracle, accepted

@@ -15,8 +15,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.conftest import REPO, TopicReader, Worker, assignment, free_port, wait_for
+from tests.integration.streams import replay
 from tests.integration.test_failover import traffic
-from tests.oracle import Oracle, assert_record_matches
+from tests.oracle import assert_record_matches
 
 pytestmark = pytest.mark.integration
 
@@ -73,12 +74,7 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
     wait_for(lambda: assignment(workers, PARTITIONS), 180, "partitions over two workers")
 
     stream = traffic(PARTITIONS, seed=99)
-    oracle = Oracle()
-    accepted: set[str] = set()
-    for m in stream.messages:
-        assert m.txn is not None
-        if oracle.process(m.txn)[0] != "late":
-            accepted.add(m.txn["transaction_id"])
+    oracle, accepted = replay(stream)
 
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
     await producer.start()

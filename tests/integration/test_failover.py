@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import TopicReader, Topics, Worker, assignment, send_paced, wait_for
-from tests.integration.streams import Stream
+from tests.integration.streams import Stream, replay
 from tests.oracle import Oracle, assert_record_matches
 
 pytestmark = pytest.mark.integration
@@ -85,13 +85,7 @@ async def scale_and_fail(
         )
 
     stream = traffic(topics.partitions, seed=sig.value)
-    oracle = Oracle()
-    accepted: set[str] = set()
-    for m in stream.messages:
-        assert m.txn is not None
-        verdict, _ = oracle.process(m.txn)
-        if verdict != "late":
-            accepted.add(m.txn["transaction_id"])
+    oracle, accepted = replay(stream)
 
     sent = [0]
     sender = asyncio.create_task(send_paced(stream.messages, topics.transactions, RATE_PER_S, sent))
@@ -124,4 +118,3 @@ async def test_a_worker_dies_under_traffic_and_nothing_is_lost_or_doubled(
     # The stream holds no late or invalid message, and replays are within lateness: no dead letter.
     letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
     assert letters == []
-

@@ -60,9 +60,9 @@ from tests.integration.conftest import (
     send_paced,
     wait_for,
 )
-from tests.integration.streams import owner_partition
+from tests.integration.streams import owner_partition, replay
 from tests.integration.test_failover import MESSAGES, RATE_PER_S, traffic
-from tests.oracle import Oracle, assert_record_matches
+from tests.oracle import assert_record_matches
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -390,13 +390,7 @@ async def test_workers_in_separate_network_namespaces_route_by_address_and_survi
     assert len({w.host for w in workers}) == WORKERS and len({w.port for w in workers}) == 1
 
     stream = traffic(PARTITIONS, seed=int(signal.SIGKILL))
-    oracle = Oracle()
-    accepted: set[str] = set()
-    for m in stream.messages:
-        assert m.txn is not None
-        verdict, _ = oracle.process(m.txn)
-        if verdict != "late":
-            accepted.add(m.txn["transaction_id"])
+    oracle, accepted = replay(stream)
 
     sent = [0]
     sender = asyncio.create_task(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,11 +29,12 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust import current_event
 
+from app.faust_fixes import message_boundary
 from app.health import health
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records import RejectedMessage, Transaction, parse_transaction
 from records.transaction import dead_letter_value
-from tables.store import store
+from tables.store import changelog_topic_name, on_changelog_delivered, store
 from tables.window import Txn
 
 log = logging.getLogger(__name__)
@@ -79,25 +81,68 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
     health.on_dead_letter(error_type)
 
 
-async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-    """Send one output message; under exactly_once, inside the source partition's transaction.
+def _transactional_id() -> str | None:
+    """Under exactly_once, the transaction of the partition being processed.
 
-    Faust's transaction manager picks the transactional id from the
-    *destination* topic's partition and topic group, so a record for another
-    topic (features, dead letters, the re-keying hop) would land in a
-    transaction that is not committed with the input offsets. We send with the
-    id of the partition being processed, the one Faust commits the offsets in.
+    Faust's transaction manager would pick the id from the *destination*
+    topic's partition and topic group, so a record for another topic
+    (features, dead letters, changelog, the re-keying hop) would land in a
+    transaction that is not committed with the input offsets.
     """
-    event = current_event() if settings.processing_guarantee == "exactly_once" else None
-    if event is not None:
-        source = event.message.tp
-        group = app.assignor.group_for_topic(source.topic)
-        transactional_id = f"{app.conf.id}-{group}-{source.partition}"
-        await app.producer.send(
-            topic.get_topic_name(), key, value, partition, None, None, transactional_id=transactional_id
-        )
-    else:
-        await topic.send(key=key, value=value, partition=partition)
+    if settings.processing_guarantee != "exactly_once":
+        return None
+    event = current_event()
+    if event is None:
+        return None
+    source = event.message.tp
+    return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+
+
+async def send(topic_name: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
+    """Hand one message to the producer; return its delivery future once the producer holds it.
+
+    Straight through Faust's producer, not Faust's topic API (per-message
+    machinery we do not use). Delivery is awaited by the offset commit:
+    Faust flushes the producer before committing offsets, and a transaction
+    commit flushes it too. A message the producer gives up on stops the
+    worker before its offset can be committed; a restart processes it again
+    and the duplicate rule makes that safe.
+    """
+    fut = await app.producer.send(
+        topic_name, key, value, partition, None, None, transactional_id=_transactional_id()
+    )
+    fut.add_done_callback(_check_delivered)
+    return fut
+
+
+def _check_delivered(fut: Any) -> None:
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None:
+        log.critical("producer gave up on a message (%r); stopping before its offset is committed", exc)
+        logging.shutdown()
+        os._exit(70)
+
+
+async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+    """Send one output message (features, dead letter, re-keying hop)."""
+    await send(topic.get_topic_name(), key, value, partition)
+
+
+async def send_changelog(changes: list[tuple[bytes, bytes | None]]) -> None:
+    """The current message's state changes, to the table's changelog partition (= input partition)."""
+    event = current_event()
+    assert event is not None
+    partition = event.message.partition
+    for key, value in changes:
+        fut = await send(changelog_topic_name(), key, value, partition)
+        fut.add_done_callback(_persisted)
+
+
+def _persisted(fut: Any) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        on_changelog_delivered(fut.result())
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
@@ -170,11 +215,12 @@ async def process_transaction(origin: Origin, txn: Transaction) -> None:
             ),
             computed_at_s=time.time(),
         )
-        if outcome.writes:
-            store.save(window, outcome.writes)
+        changes = store.save(window, outcome.writes) if outcome.writes else []
     except Exception:
         store.forget(txn.user_id)  # the cached window may be half-updated: reload it
         raise
+    if changes:
+        await send_changelog(changes)
     if outcome.verdict == "late":
         await send_dead_letter(origin, "LateEvent", outcome.reason)
         return
@@ -193,11 +239,15 @@ async def process_transaction(origin: Origin, txn: Transaction) -> None:
 async def compute_features(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
-        await handle_message(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.key,
-            message.value,
-            message.timestamp,
-        )
+        # A message is processed and acked under the lock every offset commit
+        # takes, so a commit never splits a message (app/faust_fixes.py).
+        async with message_boundary:
+            await handle_message(
+                message.topic,
+                message.partition,
+                message.offset,
+                message.key,
+                message.value,
+                message.timestamp,
+            )
+            event.ack()

@@ -5,10 +5,16 @@ Each is small, explained, and covered by an integration test.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+#: Held by the agent while it processes one message and acks it, and by every
+#: offset commit. See :func:`_commit_between_messages`.
+message_boundary = asyncio.Lock()
 
 
 async def _highwaters_from_the_broker(self: Any, partitions: list[Any]) -> Mapping[Any, int]:
@@ -22,5 +28,23 @@ async def _highwaters_from_the_broker(self: Any, partitions: list[Any]) -> Mappi
     return await self._ensure_consumer().end_offsets(partitions)  # type: ignore[no-any-return]
 
 
+_faust_force_commit = faust_consumer.Consumer.force_commit
+
+
+async def _commit_between_messages(self: Any, *args: Any, **kwargs: Any) -> bool:
+    # Faust commits (a timer, or wait_empty at a rebalance) the offsets of the
+    # messages acked so far together with everything already sent, and an
+    # agent's message is acked only when the agent asks for the next one. A
+    # commit that falls between a message's sends and its ack puts the
+    # message's output and state changes in one transaction and its offset in
+    # the next: killed in between, the new owner processes the message again
+    # on top of state that already holds it, and its record appears twice to
+    # a read_committed consumer. The agent holds this lock from a message's
+    # first read to its explicit ack, so a commit sees whole messages only.
+    async with message_boundary:
+        return await _faust_force_commit(self, *args, **kwargs)  # type: ignore[no-any-return]
+
+
 def apply() -> None:
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_the_broker
+    faust_consumer.Consumer.force_commit = _commit_between_messages  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from app.health import health
 from app.main import app, settings
@@ -52,6 +53,23 @@ user_state = app.Table(
     extra_topic_configs={"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.2"},
     help="Per-user sliding-window state: heads and sealed chunks (tables/window.py).",
 )
+
+
+def changelog_topic_name() -> str:
+    return str(user_state.changelog_topic.get_topic_name())
+
+
+def on_changelog_delivered(metadata: Any) -> None:
+    """Record a changelog offset as persisted, as Faust does for its own table writes.
+
+    It is what lets a warm restart replay only the changelog written since.
+    Under exactly_once Faust keeps it until the transaction commits.
+    """
+    tp = TP(metadata.topic, metadata.partition)
+    if app.in_transaction:
+        app.tables.persist_offset_on_commit(user_state.data, tp, metadata.offset)
+    else:
+        user_state.data.set_persisted_offset(tp, metadata.offset)
 
 
 def head_key(user_id: str) -> bytes:
@@ -93,16 +111,28 @@ class UserStateStore:
     def new(self, user_id: str) -> UserWindow:
         return UserWindow(user_id, self.lateness_s, self.chunk_rows)
 
-    def save(self, window: UserWindow, writes: Iterable[StateWrite]) -> None:
-        """Write the changes (inside an agent: they go to the event's partition)."""
+    def save(self, window: UserWindow, writes: Iterable[StateWrite]) -> list[tuple[bytes, bytes | None]]:
+        """Write the changes to the local store; return the changelog records to send.
+
+        Inside an agent, the store puts them in the event's partition. The
+        writes bypass Faust's table API on purpose: that API queues one
+        changelog message per write in a buffer that a background task
+        drains later, outside the message's processing (and, under
+        exactly_once, possibly in a later transaction). The agent sends the
+        returned records itself, awaited, with the feature record.
+        """
         user_id = window.user_id
+        data = self.table.data
+        changes: list[tuple[bytes, bytes | None]] = []
         for write in writes:
             key = head_key(user_id) if write.chunk_no is None else chunk_key(user_id, write.chunk_no)
             if write.value is None:
-                self.table.pop(key, None)
+                data.pop(key, None)
             else:
-                self.table[key] = write.value
+                data[key] = write.value
+            changes.append((key, write.value))
         self._remember(user_id, window)
+        return changes
 
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)

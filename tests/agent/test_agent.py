@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from agents import features
 from app.main import dlq_topic, features_topic, rekey_topic
+from tables.store import changelog_topic_name
 
 NOW = time.time()
 
@@ -23,29 +25,33 @@ def tx(txid: str, user: str = "alice", amount: float = 10.0, ts: float = NOW - 6
 
 
 class Sent:
-    """What the agent published, per topic (the Kafka producer is the boundary here)."""
+    """What the agent handed to the producer, per topic (the Kafka producer is the boundary here)."""
 
     def __init__(self) -> None:
-        self.by_topic: dict[str, list[tuple[bytes | None, dict[str, Any], int | None]]] = {}
+        self.by_topic: dict[str, list[tuple[bytes | None, Any, int | None]]] = {}
+        self.names = {
+            features_topic.get_topic_name(): "features",
+            dlq_topic.get_topic_name(): "dlq",
+            rekey_topic.get_topic_name(): "rekey",
+            changelog_topic_name(): "changelog",
+        }
 
-    def recorder(self, name: str) -> Any:
-        async def send(
-            *, key: bytes | None = None, value: bytes, partition: int | None = None, **_: Any
-        ) -> None:
-            self.by_topic.setdefault(name, []).append((key, orjson.loads(value), partition))
-
-        return send
+    async def send(
+        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None
+    ) -> Any:
+        name = self.names[topic_name]
+        decoded = value if name == "changelog" else orjson.loads(value or b"")
+        self.by_topic.setdefault(name, []).append((key, decoded, partition))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.cancel()  # never delivered: no persisted offset to record
+        return fut
 
 
 @pytest.fixture
 async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     sent = Sent()
     features.store.clear_cache()
-    with (
-        patch.object(features_topic, "send", sent.recorder("features")),
-        patch.object(dlq_topic, "send", sent.recorder("dlq")),
-        patch.object(rekey_topic, "send", sent.recorder("rekey")),
-    ):
+    with patch.object(features, "send", sent.send):
         async with features.compute_features.test_context() as wrapped:
             yield wrapped, sent
 
@@ -110,3 +116,13 @@ async def test_unexpected_failure_is_a_processing_error_not_a_crash(agent: tuple
     assert letter["error_type"] == "ProcessingError" and "disk on fire" in letter["error_message"]
     # The failed transaction left no trace in state: t2 is the user's first.
     assert [(v["transaction_id"], v["tx_count_24h"]) for _, v, _ in sent.by_topic["features"]] == [("t2", 1)]
+
+
+async def test_state_changes_go_to_the_changelog_partition_of_the_input(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)
+    await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)  # a duplicate changes nothing
+    ((key, value, partition),) = sent.by_topic["changelog"]
+    assert (key, partition) == (b"carol", 0)
+    assert isinstance(value, bytes) and value
+    assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["c1", "c1"]

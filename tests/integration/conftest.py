@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -281,6 +281,25 @@ class TopicReader:
                 for r in records:
                     self.messages.append((r.key, json.loads(r.value), r.partition))
         return self.messages
+
+    async def until_end(self, timeout_s: float) -> list[tuple[bytes | None, dict[str, Any], int]]:
+        """Read up to the topic's end as of now (for read_committed: its last stable offsets)."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in self._consumer.partitions_for_topic(self.topic) or ()]
+        assert tps, f"no partitions known for {self.topic}"
+        ends = await self._consumer.end_offsets(tps)
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = {tp: await self._consumer.position(tp) for tp in ends}
+            if all(positions[tp] >= end for tp, end in ends.items()):
+                return self.messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {self.topic} to {ends} (at {positions})")
+            batch = await self._consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    self.messages.append((r.key, json.loads(r.value), r.partition))
 
 
 @pytest.fixture

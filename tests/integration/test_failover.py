@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import TopicReader, Topics, Worker, assignment, send_paced, wait_for
+from tests.integration.conftest import (
+    TopicReader,
+    Topics,
+    Worker,
+    assignment,
+    send_paced,
+    wait_for,
+)
 from tests.integration.streams import Stream, replay
 from tests.oracle import Oracle, assert_record_matches
 
@@ -116,5 +123,52 @@ async def test_a_worker_dies_under_traffic_and_nothing_is_lost_or_doubled(
     _, accepted, _ = await scale_and_fail(topics, spawn, features, sig)
     assert {v["transaction_id"] for _, v, _ in features.messages} >= accepted
     # The stream holds no late or invalid message, and replays are within lateness: no dead letter.
+    letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
+    assert letters == []
+
+
+def single_pass_records(stream: Stream) -> dict[str, list[dict[str, Any]]]:
+    """Per user, in order, the records one pass over the stream publishes (accepted and re-published)."""
+    oracle = Oracle()
+    records: dict[str, list[dict[str, Any]]] = {}
+    for m in stream.messages:
+        if m.txn is None:
+            continue
+        _, record = oracle.process(m.txn)
+        if record is not None:
+            records.setdefault(m.txn["user_id"], []).append(record)
+    return records
+
+
+async def test_exactly_once_a_killed_worker_leaves_no_duplicate_record(
+    topics: Topics, spawn: Any, readers: tuple[TopicReader, TopicReader]
+) -> None:
+    """SIGKILL one of three under traffic with PROCESSING_GUARANTEE=exactly_once.
+
+    A read_committed consumer must see exactly what one pass over the stream
+    publishes, record for record and in each user's order: the killed
+    worker's open transactions are aborted and its partitions' messages are
+    processed again from the committed offsets, on state restored up to them.
+    """
+    _, dlq = readers
+    async with TopicReader(topics.features, isolation_level="read_committed") as committed:
+        stream, accepted, _ = await scale_and_fail(
+            topics, spawn, committed, signal.SIGKILL, PROCESSING_GUARANTEE="exactly_once"
+        )
+        want = single_pass_records(stream)
+        total = sum(len(v) for v in want.values())
+        await committed.until(lambda ms: len(ms) >= total, 120, f"{total} committed feature records")
+        # A duplicate would be beyond that count: read on to the topic's committed end.
+        messages = await committed.until_end(60)
+    got: dict[str, list[dict[str, Any]]] = {}
+    for _, value, _ in messages:
+        got.setdefault(value["user_id"], []).append(value)
+    assert sum(len(v) for v in got.values()) == total, "a read_committed reader saw duplicates or losses"
+    for user, records in want.items():
+        ids = [r["transaction_id"] for r in got.get(user, [])]
+        assert ids == [r["transaction_id"] for r in records], user
+        for actual, expected in zip(got[user], records, strict=True):
+            assert_record_matches(actual, expected)
+    assert {r["transaction_id"] for rs in got.values() for r in rs} == accepted
     letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
     assert letters == []

@@ -6,7 +6,7 @@ Each is small, explained, and covered by an integration test.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
@@ -15,6 +15,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 #: Held by the agent while it processes one message and acks it, and by every
 #: offset commit. See :func:`_commit_between_messages`.
 message_boundary = asyncio.Lock()
+
+#: Called after every offset commit that committed something.
+after_commit: list[Callable[[], None]] = []
 
 
 async def _highwaters_from_the_broker(self: Any, partitions: list[Any]) -> Mapping[Any, int]:
@@ -42,7 +45,11 @@ async def _commit_between_messages(self: Any, *args: Any, **kwargs: Any) -> bool
     # a read_committed consumer. The agent holds this lock from a message's
     # first read to its explicit ack, so a commit sees whole messages only.
     async with message_boundary:
-        return await _faust_force_commit(self, *args, **kwargs)  # type: ignore[no-any-return]
+        did_commit: bool = await _faust_force_commit(self, *args, **kwargs)
+        if did_commit:
+            for callback in after_commit:
+                callback()
+        return did_commit
 
 
 def apply() -> None:

@@ -44,6 +44,7 @@ class Settings:
     # Ours, beyond SPEC 2 (documented in the README).
     user_cache_size: int
     state_chunk_rows: int
+    producer_linger_ms: int
     # Pipeline health (issue: metrics, timers, live page).
     health_log_interval_s: float
     lag_warn_messages: int
@@ -154,6 +155,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_clock_skew_s=_seconds(env, "MAX_CLOCK_SKEW_S", 300),
         user_cache_size=_int(env, "USER_CACHE_SIZE", 20000, 0),
         state_chunk_rows=_int(env, "STATE_CHUNK_ROWS", 128, 2, 100000),
+        producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 20, 0, 1000),
         health_log_interval_s=_positive_seconds(env, "HEALTH_LOG_INTERVAL_S", 30),
         lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
         freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),

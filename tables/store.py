@@ -22,6 +22,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from app.faust_fixes import after_commit
 from app.health import health
 from app.main import app, settings
 from tables.window import StateWrite, UserWindow
@@ -59,17 +60,31 @@ def changelog_topic_name() -> str:
     return str(user_state.changelog_topic.get_topic_name())
 
 
+_delivered: dict[TP, int] = {}
+
+
 def on_changelog_delivered(metadata: Any) -> None:
-    """Record a changelog offset as persisted, as Faust does for its own table writes.
+    """Remember the highest changelog offset delivered per partition (written at the next commit)."""
+    tp = TP(metadata.topic, metadata.partition)
+    if metadata.offset > _delivered.get(tp, -1):
+        _delivered[tp] = metadata.offset
+
+
+def persist_delivered_offsets() -> None:
+    """After an offset commit: record in RocksDB how far the changelog is in the local store.
 
     It is what lets a warm restart replay only the changelog written since.
-    Under exactly_once Faust keeps it until the transaction commits.
+    Faust writes it once per changelog message (a second RocksDB write per
+    table write) and, under exactly_once, never: its pending offsets are
+    keyed by changelog partition but looked up by input partition. Once per
+    commit and partition is enough, and after the commit it is also true
+    under exactly_once (the transaction holding those records committed).
     """
-    tp = TP(metadata.topic, metadata.partition)
-    if app.in_transaction:
-        app.tables.persist_offset_on_commit(user_state.data, tp, metadata.offset)
-    else:
-        user_state.data.set_persisted_offset(tp, metadata.offset)
+    open_dbs = getattr(user_state.data, "_dbs", {})
+    for tp, offset in list(_delivered.items()):
+        if tp.partition in open_dbs:  # not a partition revoked since
+            user_state.data.set_persisted_offset(tp, offset)
+    _delivered.clear()
 
 
 def head_key(user_id: str) -> bytes:
@@ -165,3 +180,4 @@ async def _forget_cached_windows(sender: Any, *args: Any, **kwargs: Any) -> None
 app.on_partitions_revoked.connect(_forget_cached_windows)
 app.on_partitions_assigned.connect(_forget_cached_windows)
 app.on_rebalance_complete.connect(_forget_cached_windows)
+after_commit.append(persist_delivered_offsets)

@@ -4,15 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint typecheck clean
+.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint typecheck clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
-## setup: the virtualenv in .venv with the project installed editable, with its dev extra
+## setup: the virtualenv in .venv with the project installed editable, with its dev and bench extras
 setup: $(STAMP)
 
 ## kafka: start the local single-node Kafka (idempotent)
@@ -40,6 +40,14 @@ test: setup kafka
 
 test-unit: setup
 	$(BIN)/pytest tests/unit tests/agent
+
+## bench: the full benchmark suite (bench/run.py; needs redis-server); writes bench/results/
+bench: setup kafka
+	$(BIN)/python -m bench.run --size full
+
+## bench-quick: the same scenarios on a smaller stream, under 5 minutes
+bench-quick: setup kafka
+	$(BIN)/python -m bench.run --size quick
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,281 @@
+"""What every benchmark needs: the generated stream, topics, processes, waiting.
+
+Used by bench/run.py (the suite) and the single-figure scripts next to it.
+Everything talks to the local Kafka (scripts/kafka.sh start) on
+``localhost:$KAFKA_PORT`` (9092 unless set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PYTHON = str(BIN / "python")
+FAUST = str(BIN / "faust")
+PARTITIONS = 8
+
+
+def bootstrap() -> str:
+    return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What to generate: every user once, then Zipf-like traffic, optionally one heavy user."""
+
+    users: int
+    messages: int  # in all, including the one-per-user pass and the heavy user
+    heavy_user_tx: int = 0  # transactions of one extra user, spread over the same 23 hours
+    seed: int = 11
+    span_s: float = 23 * 3600.0  # event times run over the last 23 h, ending a minute ago
+
+
+def generate(spec: StreamSpec, run_id: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs in production order, event times rising over ``span_s`` (2% out of order).
+
+    Users first appear in a pass that touches every user once (so the state
+    holds ``users`` users afterwards), then the simulator's Zipf-like
+    traffic follows, with the heavy user's transactions spread evenly over it.
+    """
+    from app.simulator import TrafficConfig, TrafficModel
+
+    model = TrafficModel(
+        TrafficConfig(users=spec.users, heavy_users=0, fraud_burst_every=0, seed=spec.seed, run_id=run_id)
+    )
+    end = time.time() - 60.0
+    start = end - spec.span_s
+    regular = max(0, spec.messages - spec.heavy_user_tx)
+    first_pass = min(spec.users, regular)
+    out: list[dict[str, Any]] = []
+    step = spec.span_s / max(1, regular)
+    users = model.user_ids[: spec.users]
+    for i, user in enumerate(users[:first_pass]):
+        out.append(model._one(user, start + i * step))
+    t = start + first_pass * step
+    remaining = regular - first_pass
+    while remaining > 0:
+        batch = min(100, remaining)
+        out.extend(model.take(batch, t))
+        t += batch * step
+        remaining -= batch
+    if spec.heavy_user_tx:
+        heavy: list[dict[str, Any]] = []
+        hstep = spec.span_s / spec.heavy_user_tx
+        for i in range(spec.heavy_user_tx):
+            heavy.append(model._one("heavy-bench-user", start + i * hstep, ts_s=start + i * hstep))
+        mixed: list[dict[str, Any]] = []
+        every = max(1, len(out) // spec.heavy_user_tx)
+        h = iter(heavy)
+        for i, tx in enumerate(out):
+            mixed.append(tx)
+            if i % every == every - 1:
+                nxt = next(h, None)
+                if nxt is not None:
+                    mixed.append(nxt)
+        mixed.extend(h)
+        out = mixed
+    return [(tx["user_id"].encode(), orjson.dumps(tx)) for tx in out]
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+async def create_topics(names: Iterable[str], partitions: int = PARTITIONS) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def prefill(topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=20, max_batch_size=262144)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def end_offsets_sum(topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        return sum((await consumer.end_offsets(tps)).values()) if tps else 0
+    finally:
+        await consumer.stop()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    """A process we started (stopped by its PID, never by name)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], env: dict[str, str], log: Path) -> Proc:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = log.open("ab")
+        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        return cls(name, popen, log)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            return None
+        return None
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=30)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "TOPIC_", "WEB_", "BENCH_"))}
+
+
+def velocity_env(
+    app_id: str, input_topic: str, output_topic: str, datadir: Path, port: int
+) -> dict[str, str]:
+    env = base_env()
+    env.update(
+        BROKER_URL=f"kafka://{bootstrap()}",
+        APP_ID=app_id,
+        TRANSACTIONS_TOPIC=input_topic,
+        FEATURES_TOPIC=output_topic,
+        DLQ_TOPIC=f"{output_topic}-dlq",
+        TOPIC_PARTITIONS=str(PARTITIONS),
+        WEB_PORT=str(port),
+        WEB_BIND="127.0.0.1",
+        WEB_HOST="127.0.0.1",
+        APP_DATADIR=str(datadir),
+    )
+    return env
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return None
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, proc: Proc | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}")
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Progress:
+    """How an output topic filled: first record seen, and the end (or the deadline)."""
+
+    expected: int
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+    def rate(self) -> float | None:
+        """Records/s from the first sample with output to the last sample (start-up excluded)."""
+        first = next(((t, n) for t, n in self.samples if n > 0), None)
+        if first is None or self.done <= first[1]:
+            return None
+        t_end = self.samples[-1][0]
+        return (self.done - first[1]) / max(t_end - first[0], 1e-9)
+
+
+async def watch_output(
+    topic: str, expected: int, timeout: float, proc: Proc, poll_s: float = 0.5
+) -> Progress:
+    """Poll the output topic's end offsets until ``expected`` records, the deadline, or the process dies."""
+    progress = Progress(expected)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        tps: list[TopicPartition] = []
+        while True:
+            if not tps:
+                await consumer._client.force_metadata_update()
+                tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            n = sum((await consumer.end_offsets(tps)).values()) if tps else 0
+            progress.samples.append((time.monotonic(), n))
+            if n >= expected:
+                break
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                progress.timed_out = True
+                break
+            await asyncio.sleep(poll_s)
+    finally:
+        await consumer.stop()
+    return progress
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]

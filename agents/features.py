@@ -34,6 +34,7 @@ from app.health import health
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records import RejectedMessage, Transaction, parse_transaction
 from records.transaction import dead_letter_value
+from tables import restore as _bulk_restore  # noqa: F401  (registers the bulk changelog restore)
 from tables.store import changelog_topic_name, on_changelog_delivered, store
 from tables.window import Txn
 

@@ -137,6 +137,15 @@ class PipelineHealth:
         self._episode["last"] = now
 
     # ------------------------------------------------------------- from timers
+    def on_bulk_restore(self, records: int, started: float) -> None:
+        """``records`` changelog records applied by tables/restore.py, which started at ``started``."""
+        self._restored.inc(records)
+        if self._episode is None:
+            self._episode = {"records": 0, "first": started, "last": started}
+        self._episode["first"] = min(self._episode["first"], started)
+        self._episode["records"] += records
+        self._episode["last"] = time.monotonic()
+
     def on_ready(self) -> None:
         """Called when the worker is (again) ready: closes the restore episode, if any."""
         if self.startup_to_ready_s is None:

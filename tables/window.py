@@ -18,6 +18,20 @@ write even for a user with tens of thousands of transactions a day:
 
 So each transaction writes the head (bounded by ``chunk_rows`` rows plus the
 chunk index) and, once every ``chunk_rows`` transactions, one chunk.
+
+In memory, derived structures (rebuilt on decode, never stored) keep the
+features of a user with tens of thousands of transactions a day cheap:
+
+* exact prefix sums of the amounts and of their squares as Python ints (every
+  float is a dyadic rational, so ``amount * 2**E`` is an exact int for a
+  large enough ``E``): window sums, means and the z-score are differences of
+  two entries, rounded once, with no drift;
+* a stack of right-to-left maxima for ``max_amount_24h`` of windows that end
+  at or after the latest timestamp ``M``;
+* per-merchant counts of the 1 h and 24 h windows ending at ``M``.
+
+Windows ending before ``M`` (out-of-order arrivals, re-published duplicates,
+lookups in the past) fall back to slices for the maximum and unique counts.
 """
 
 from __future__ import annotations
@@ -36,6 +50,14 @@ WINDOW_1H_S = 3600.0
 WINDOW_24H_S = 86400.0
 STATE_FORMAT_VERSION = 1
 DEFAULT_CHUNK_ROWS = 128
+# Initial scale of the exact prefix sums: amounts >= 2**-11 (all amounts with
+# cents, say) are exact ints times 2**64; a finer amount rescales the sums.
+_MIN_SUM_EXP = 64
+# The maxima and per-merchant counts are kept from _BIG_FROM retained
+# transactions on, until there are fewer than _BIG_UNTIL (apart, so that a
+# user hovering around one size does not rebuild them again and again).
+_BIG_FROM = 64
+_BIG_UNTIL = 16
 
 
 class StateCorruptError(ValueError):
@@ -95,8 +117,21 @@ class UserWindow:
 
     __slots__ = (
         "_amounts",
+        "_big",
         "_by_id",
+        "_chunk_list",
+        "_chunks_min_ts",
+        "_exp",
+        "_max_amounts",
+        "_max_ts",
         "_merchants",
+        "_merchants_1h",
+        "_merchants_24h",
+        "_sq_sums",
+        "_start",
+        "_sums",
+        "_tail_min_ts",
+        "_tail_rows",
         "_ts",
         "_txns",
         "chunk_rows",
@@ -120,20 +155,43 @@ class UserWindow:
         self.next_chunk = 0
         self.chunks: dict[int, float] = {}  # chunk no -> max timestamp in it
         self.tail: list[Txn] = []  # accepted since the last seal, acceptance order
+        # Caches: t.row() of each tail entry, the smallest timestamp in the tail,
+        # the chunk index as stored and the smallest max timestamp of a chunk.
+        self._tail_rows: list[list[Any]] = []
+        self._tail_min_ts = math.inf
+        self._chunk_list: list[list[Any]] = []
+        self._chunks_min_ts = math.inf
         # Parallel arrays sorted by (ts, seq), for bisect and C-speed slices.
+        # Entries before _start are evicted; they are dropped in bulk (see _evict).
+        self._start = 0
         self._ts: list[float] = []
         self._amounts: list[float] = []
         self._merchants: list[str] = []
         self._txns: list[Txn] = []
         self._by_id: dict[str, Txn] = {}
+        # Exact prefix sums, one entry longer than _ts: _sums[j] - _sums[i] is the
+        # sum of the amounts of entries i..j-1 times 2**_exp, _sq_sums the same
+        # for their squares times 2**(2 * _exp). Only differences are meaningful.
+        self._exp = _MIN_SUM_EXP
+        self._sums: list[int] = [0]
+        self._sq_sums: list[int] = [0]
+        # Only while the window is big (_big), see _set_big: the right-to-left
+        # maxima of the retained amounts (the entries larger than every later
+        # one, by position, so strictly decreasing amounts), and merchant ->
+        # count over the retained entries with M - W < ts <= M.
+        self._big = False
+        self._max_ts: list[float] = []
+        self._max_amounts: list[float] = []
+        self._merchants_1h: dict[str, int] = {}
+        self._merchants_24h: dict[str, int] = {}
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        return len(self._txns)
+        return len(self._txns) - self._start
 
     @property
     def retained(self) -> list[Txn]:
-        return list(self._txns)
+        return self._txns[self._start :]
 
     def retention_floor_s(self) -> float:
         """Transactions with ``ts <= floor`` are evicted.
@@ -181,49 +239,184 @@ class UserWindow:
             )
         accepted = _with_seq(txn, self.next_seq)
         self.next_seq += 1
-        self._insert(accepted)
-        self.tail.append(accepted)
-        if self.latest_ts_s is None or accepted.event_ts_s > self.latest_ts_s:
+        previous = self.latest_ts_s
+        if previous is None or accepted.event_ts_s > previous:
             self.latest_ts_s = accepted.event_ts_s
+        self._insert(accepted, previous)
+        self.tail.append(accepted)
+        self._tail_rows.append(accepted.row())
+        self._tail_min_ts = min(self._tail_min_ts, accepted.event_ts_s)
         writes = self._evict()
+        size = len(self._txns) - self._start
+        if size >= _BIG_FROM if not self._big else size < _BIG_UNTIL:
+            self._set_big(not self._big)
         if len(self.tail) >= self.chunk_rows:
             writes.append(self._seal())
         writes.append(StateWrite(None, self.encode_head()))
         return Outcome("accepted", self.features_for(accepted, computed_at_s), tuple(writes))
 
-    def _insert(self, txn: Txn) -> None:
+    def _insert(self, txn: Txn, previous_m: float | None) -> None:
+        """Add ``txn`` (``latest_ts_s`` already includes it; it was ``previous_m``)."""
         # bisect_right on ts puts it after equal timestamps: accepted last.
-        i = bisect_right(self._ts, txn.event_ts_s)
-        self._ts.insert(i, txn.event_ts_s)
-        self._amounts.insert(i, txn.amount)
+        ts = txn.event_ts_s
+        amount = txn.amount
+        i = bisect_right(self._ts, ts, self._start)
+        self._ts.insert(i, ts)
+        self._amounts.insert(i, amount)
         self._merchants.insert(i, txn.merchant_id)
         self._txns.insert(i, txn)
         self._by_id[txn.transaction_id] = txn
 
+        num, den = amount.as_integer_ratio()
+        e = den.bit_length() - 1
+        if e > self._exp:
+            self._rescale(e)
+        shift = self._exp - e
+        scaled = num << shift
+        squared = (num * num) << (2 * shift)
+        sums, sq_sums = self._sums, self._sq_sums
+        if i + 1 == len(sums):  # in order: append
+            sums.append(sums[i] + scaled)
+            sq_sums.append(sq_sums[i] + squared)
+        else:  # out of order: every later prefix grows
+            sums.insert(i + 1, sums[i] + scaled)
+            sq_sums.insert(i + 1, sq_sums[i] + squared)
+            sums[i + 2 :] = [v + scaled for v in sums[i + 2 :]]
+            sq_sums[i + 2 :] = [v + squared for v in sq_sums[i + 2 :]]
+
+        if not self._big:
+            return
+        m = self.latest_ts_s
+        assert m is not None
+        if previous_m is not None and m > previous_m:
+            self._slide_merchants(previous_m, m)
+        merchant = txn.merchant_id
+        if ts > m - WINDOW_1H_S:
+            counts = self._merchants_1h
+            counts[merchant] = counts.get(merchant, 0) + 1
+        if ts > m - WINDOW_24H_S:
+            counts = self._merchants_24h
+            counts[merchant] = counts.get(merchant, 0) + 1
+        # The maxima: the entries after position i are those with ts > txn's.
+        max_ts, max_amounts = self._max_ts, self._max_amounts
+        k = bisect_right(max_ts, ts)
+        if k < len(max_amounts) and max_amounts[k] >= amount:
+            return
+        j = k
+        while j and max_amounts[j - 1] <= amount:
+            j -= 1
+        max_ts[j:k] = [ts]
+        max_amounts[j:k] = [amount]
+
+    def _rescale(self, exp: int) -> None:
+        shift = exp - self._exp
+        self._exp = exp
+        self._sums = [v << shift for v in self._sums]
+        self._sq_sums = [v << (2 * shift) for v in self._sq_sums]
+
+    def _slide_merchants(self, old_m: float, new_m: float) -> None:
+        """M moved from ``old_m`` to ``new_m``: uncount what left the windows ending at M."""
+        ts, merchants, start = self._ts, self._merchants, self._start
+        for width, counts in ((WINDOW_1H_S, self._merchants_1h), (WINDOW_24H_S, self._merchants_24h)):
+            lo = bisect_right(ts, old_m - width, start)
+            hi = bisect_right(ts, new_m - width, lo)
+            for merchant in merchants[lo:hi]:
+                left = counts[merchant] - 1
+                if left:
+                    counts[merchant] = left
+                else:
+                    del counts[merchant]
+
+    def _set_big(self, big: bool) -> None:
+        """Build (or drop) the structures that only pay off for big windows.
+
+        They give the same answers as the slices they replace, so when they
+        exist does not matter for the features.
+        """
+        self._big = big
+        self._max_ts, self._max_amounts = [], []
+        self._merchants_1h, self._merchants_24h = {}, {}
+        if not big:
+            return
+        start = self._start
+        max_ts, max_amounts = self._max_ts, self._max_amounts
+        for i in range(len(self._ts) - 1, start - 1, -1):
+            a = self._amounts[i]
+            if not max_amounts or a > max_amounts[-1]:
+                max_ts.append(self._ts[i])
+                max_amounts.append(a)
+        max_ts.reverse()
+        max_amounts.reverse()
+        m = self.latest_ts_s
+        assert m is not None
+        for width, counts in ((WINDOW_1H_S, self._merchants_1h), (WINDOW_24H_S, self._merchants_24h)):
+            for merchant in self._merchants[bisect_right(self._ts, m - width, start) :]:
+                counts[merchant] = counts.get(merchant, 0) + 1
+
+    def _build_sums(self) -> None:
+        """Recompute the prefix sums from the amounts (after decode)."""
+        pairs = [a.as_integer_ratio() for a in self._amounts]
+        exp = max([_MIN_SUM_EXP, *(den.bit_length() - 1 for _, den in pairs)])
+        s1 = s2 = 0
+        sums, sq_sums = [0], [0]
+        for num, den in pairs:
+            shift = exp - den.bit_length() + 1
+            s1 += num << shift
+            s2 += (num * num) << (2 * shift)
+            sums.append(s1)
+            sq_sums.append(s2)
+        self._exp, self._sums, self._sq_sums = exp, sums, sq_sums
+
     def _evict(self) -> list[StateWrite]:
         floor = self.retention_floor_s()
-        n = bisect_right(self._ts, floor)
+        start = self._start
+        end = bisect_right(self._ts, floor, start)
         writes: list[StateWrite] = []
-        if n:
-            gone = self._txns[:n]
-            self.evicted_ts_s = max(self.evicted_ts_s or gone[-1].event_ts_s, gone[-1].event_ts_s)
-            for t in gone:
-                # An id may have been re-used by a later, retained transaction.
-                if self._by_id.get(t.transaction_id) is t:
-                    del self._by_id[t.transaction_id]
-            del self._ts[:n], self._amounts[:n], self._merchants[:n], self._txns[:n]
-            self.tail = [t for t in self.tail if t.event_ts_s > floor]
-        for no in [no for no, max_ts in self.chunks.items() if max_ts <= floor]:
-            del self.chunks[no]
-            writes.append(StateWrite(no, None))
+        if end == start:
+            return writes
+        gone = self._txns[start:end]
+        self.evicted_ts_s = max(self.evicted_ts_s or gone[-1].event_ts_s, gone[-1].event_ts_s)
+        for t in gone:
+            # An id may have been re-used by a later, retained transaction.
+            if self._by_id.get(t.transaction_id) is t:
+                del self._by_id[t.transaction_id]
+        # Deleting from the front of the arrays moves all of them: do it only
+        # once the evicted entries are as many as the retained ones.
+        self._start = end
+        if 2 * end >= len(self._ts):
+            del self._ts[:end], self._amounts[:end], self._merchants[:end], self._txns[:end]
+            del self._sums[:end], self._sq_sums[:end]
+            self._start = 0
+        if self._big:
+            k = bisect_right(self._max_ts, floor)
+            del self._max_ts[:k], self._max_amounts[:k]
+        if self._tail_min_ts <= floor:
+            kept = [(t, r) for t, r in zip(self.tail, self._tail_rows, strict=True) if t.event_ts_s > floor]
+            self.tail = [t for t, _ in kept]
+            self._tail_rows = [r for _, r in kept]
+            self._tail_min_ts = min([t.event_ts_s for t in self.tail], default=math.inf)
+        # A chunk's latest transaction is evicted in the call that makes the chunk
+        # evictable, so with nothing evicted (the early return) no chunk is.
+        if self._chunks_min_ts <= floor:
+            for no in [no for no, max_ts in self.chunks.items() if max_ts <= floor]:
+                del self.chunks[no]
+                writes.append(StateWrite(no, None))
+            self._chunks_changed()
         return writes
+
+    def _chunks_changed(self) -> None:
+        self._chunk_list = [[no, max_ts] for no, max_ts in self.chunks.items()]
+        self._chunks_min_ts = min(self.chunks.values(), default=math.inf)
 
     def _seal(self) -> StateWrite:
         no = self.next_chunk
         self.next_chunk += 1
         self.chunks[no] = max(t.event_ts_s for t in self.tail)
-        value = orjson.dumps([t.row() for t in self.tail])
+        value = orjson.dumps(self._tail_rows)
         self.tail = []
+        self._tail_rows = []
+        self._tail_min_ts = math.inf
+        self._chunks_changed()
         return StateWrite(no, value)
 
     # --------------------------------------------------------------- features
@@ -241,8 +434,8 @@ class UserWindow:
         """
         assert self.latest_ts_s is not None
         t = self.latest_ts_s if at_s is None else at_s
-        hi = bisect_right(self._ts, t)
-        x = self._txns[hi - 1] if hi else None
+        hi = bisect_right(self._ts, t, self._start)
+        x = self._txns[hi - 1] if hi > self._start else None
         record = self._window_fields(t, x)
         if x is None:
             record.update(
@@ -270,10 +463,10 @@ class UserWindow:
         }
 
     def _seconds_since_previous(self, x: Txn) -> float | None:
-        # Entries with ts <= x.ts are [0, hi); x is one of them. If any other
+        # Entries with ts <= x.ts are [start, hi); x is one of them. If any other
         # has x's timestamp the answer is 0, else it is the one just before.
-        hi = bisect_right(self._ts, x.event_ts_s)
-        if hi >= 2:
+        hi = bisect_right(self._ts, x.event_ts_s, self._start)
+        if hi - self._start >= 2:
             return x.event_ts_s - self._ts[hi - 2] if self._txns[hi - 1] is x else 0.0
         if self.evicted_ts_s is not None:
             return x.event_ts_s - self.evicted_ts_s
@@ -281,15 +474,34 @@ class UserWindow:
 
     def _window_fields(self, t: float, x: Txn | None) -> dict[str, Any]:
         ts = self._ts
-        hi = bisect_right(ts, t)
-        lo_1h = bisect_right(ts, t - WINDOW_1H_S, 0, hi)
-        lo_24h = bisect_right(ts, t - WINDOW_24H_S, 0, hi)
+        start = self._start
+        hi = bisect_right(ts, t, start)
+        lo_1h = bisect_right(ts, t - WINDOW_1H_S, start, hi)
+        lo_24h = bisect_right(ts, t - WINDOW_24H_S, start, hi)
         n_1h = hi - lo_1h
         n_24h = hi - lo_24h
-        amounts_1h = self._amounts[lo_1h:hi]
-        amounts_24h = self._amounts[lo_24h:hi]
-        total_1h = math.fsum(amounts_1h)
-        total_24h = math.fsum(amounts_24h)
+        sums, exp = self._sums, self._exp
+        s1_24h = sums[hi] - sums[lo_24h]
+        # int / int is correctly rounded, like math.fsum.
+        scale = 1 << exp
+        total_1h = (sums[hi] - sums[lo_1h]) / scale
+        total_24h = s1_24h / scale
+        if not n_24h:
+            max_24h = 0.0
+        elif self._big and hi == len(ts):  # the window ends at or after M: its first maximum
+            max_24h = self._max_amounts[bisect_right(self._max_ts, t - WINDOW_24H_S)]
+        else:
+            max_24h = max(self._amounts[lo_24h:hi])
+        if self._big and t == self.latest_ts_s:
+            unique_1h = len(self._merchants_1h)
+            unique_24h = len(self._merchants_24h)
+        else:
+            unique_1h = len(set(self._merchants[lo_1h:hi]))
+            unique_24h = len(set(self._merchants[lo_24h:hi]))
+        if x is None or n_24h < 2:
+            z = None
+        else:
+            z = _exact_zscore(x.amount, exp, n_24h, s1_24h, self._sq_sums[hi] - self._sq_sums[lo_24h])
         return {
             "user_id": self.user_id,
             "tx_count_1h": n_1h,
@@ -298,10 +510,10 @@ class UserWindow:
             "total_amount_24h": total_24h,
             "avg_amount_1h": total_1h / n_1h if n_1h else 0.0,
             "avg_amount_24h": total_24h / n_24h if n_24h else 0.0,
-            "max_amount_24h": max(amounts_24h) if n_24h else 0.0,
-            "unique_merchants_1h": len(set(self._merchants[lo_1h:hi])),
-            "unique_merchants_24h": len(set(self._merchants[lo_24h:hi])),
-            "amount_zscore_24h": None if x is None else zscore(x.amount, amounts_24h, total_24h),
+            "max_amount_24h": max_24h,
+            "unique_merchants_1h": unique_1h,
+            "unique_merchants_24h": unique_24h,
+            "amount_zscore_24h": z,
         }
 
     # ------------------------------------------------------------ persistence
@@ -313,8 +525,8 @@ class UserWindow:
                 "evicted_ts_s": self.evicted_ts_s,
                 "next_seq": self.next_seq,
                 "next_chunk": self.next_chunk,
-                "chunks": [[no, max_ts] for no, max_ts in self.chunks.items()],
-                "tail": [t.row() for t in self.tail],
+                "chunks": self._chunk_list,
+                "tail": self._tail_rows,
             }
         )
 
@@ -359,6 +571,12 @@ class UserWindow:
         w._amounts = [t.amount for t in rows]
         w._merchants = [t.merchant_id for t in rows]
         w._by_id = {t.transaction_id: t for t in rows}  # later seq wins
+        w._tail_rows = [t.row() for t in w.tail]
+        w._tail_min_ts = min([t.event_ts_s for t in w.tail], default=math.inf)
+        w._chunks_changed()
+        w._build_sums()
+        if len(rows) >= _BIG_FROM:
+            w._set_big(True)
         return w
 
     @staticmethod
@@ -409,6 +627,23 @@ def _difference(minuend: float, *subtrahends: float, round_up: bool) -> float:
     if not round_up and Fraction(r) > exact:
         return math.nextafter(r, -math.inf)
     return r
+
+
+def _exact_zscore(amount: float, exp: int, n: int, s1: int, s2: int) -> float | None:
+    """The z-score of ``amount`` against a window of ``n`` amounts, from exact sums.
+
+    ``s1`` and ``s2`` are the sums of the amounts and of their squares, times
+    ``2**exp`` and ``2**(2 * exp)``. With ``A = amount * 2**exp``,
+    ``z**2 = (n*A - s1)**2 / (n*s2 - s1**2)`` exactly; the denominator is 0 iff
+    all amounts are equal. Only the division and the square root round.
+    """
+    num, den = amount.as_integer_ratio()
+    diff = n * (num << (exp - den.bit_length() + 1)) - s1
+    spread = n * s2 - s1 * s1
+    if spread <= 0:
+        return None
+    magnitude = math.sqrt(diff * diff / spread)
+    return -magnitude if diff < 0 else magnitude
 
 
 def zscore(amount: float, window: list[float], total: float) -> float | None:

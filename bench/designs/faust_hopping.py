@@ -43,10 +43,14 @@ containing ``T``, which starts at most one step before ``T`` -- a "1 h" count
 that only sees the last 0-5 minutes; ``.now()`` is relative to the latest
 event of the partition, not to this transaction.
 
-Expiry: ``expires`` = 1 h of allowed lateness (SPEC's default) + one step, so
-no window can be dropped while an on-time event may still read it. Faust
-judges staleness against the wall clock, so events stamped far in the past are
-windowed and then dropped at the next cleanup (30 s).
+Expiry: Faust drops a window once its end is older than ``expires`` by the
+*wall clock* (checked every 30 s), not by event time. ``expires`` is 24 h + 1 h
+(SPEC's retention horizon: the 24 h window plus the default allowed lateness)
++ one step, for both tables: then a replay of up to ~25 h of history (the
+harness's stream spans 23 h) keeps all its windows. With the tighter
+``expires`` that live traffic would allow (lateness + one step), windows of
+older events would be deleted between two transactions of the same window
+during a replay, and the counts would restart from zero.
 
 How the records differ from SPEC 4's exact semantics
 ----------------------------------------------------
@@ -70,6 +74,10 @@ How the records differ from SPEC 4's exact semantics
   detection: a replayed message is counted again, a late one is counted in
   whatever windows still exist. Exactly one record is published per input
   message (the input is assumed valid, as the benchmark's generator makes it).
+* Measured against a brute-force SPEC 4 computation: on 5,000 simulator
+  transactions spread over 23 h (2% out of order), 863 records (17%) differ,
+  nearly all in the 1 h fields; on 5,000 stamped within a second, 35 (0.7%),
+  all out-of-order arrivals (one counted 139 transactions where SPEC has 4).
 * ``event_time``, ``current_amount``, ``is_online``, ``merchant_category``
   (``"unknown"`` when missing/null), ``user_id``, ``transaction_id`` and
   ``computed_at`` are as in SPEC 4.
@@ -156,7 +164,7 @@ output_topic = app.topic(
 def _windowed(name: str, default: Any, size: float, step: float, help: str) -> Any:
     return (
         app.Table(name, default=default, partitions=PARTITIONS, help=help)
-        .hopping(size, step, expires=ALLOWED_LATENESS_S + step)
+        .hopping(size, step, expires=DAY + ALLOWED_LATENESS_S + step)
         .relative_to_field(Transaction.timestamp)
     )
 

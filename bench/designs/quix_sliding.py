@@ -28,7 +28,9 @@ Choices: consumer group = ``BENCH_GROUP``, ``auto_offset_reset="earliest"``, sta
 at-least-once, changelog topics on (Quix's fault tolerance, like Faust's table changelogs; they are
 named ``changelog__<group>--<input>--<window>``), producer ``acks=all``, ``linger.ms=5``, murmur2
 partitioner (Quix's default), no compression. The output topic is created by Quix if missing, with the
-input's partition count. SIGTERM is handled by Quix (``Application.run`` stops, commits and closes).
+input's partition count. SIGTERM is handled by Quix once ``Application.run`` has started (it stops,
+commits and closes); a SIGTERM during the first second or two (imports, topic set-up) kills it outright.
+Startup to the first record takes several seconds (topic and changelog creation, group join, recovery).
 
 Where the output differs from SPEC 4:
 
@@ -39,7 +41,7 @@ Where the output differs from SPEC 4:
   it); otherwise out-of-order transactions are exact, as in SPEC 4.
 * No duplicate handling: a replayed ``transaction_id`` is counted again and changes later records.
 * ``seconds_since_last_tx`` comes from the 24 h window, so it is ``null`` instead of the true gap when
-  the previous transaction is more than 24 h older (the spec keeps the latest evicted timestamp).
+  the previous transaction is 24 h or more older (the spec keeps the latest evicted timestamp).
 * Messages are grouped by the Kafka key, not re-keyed by ``user_id`` (a ``group_by`` would add a
   repartition topic); the benchmark input is keyed by ``user_id``. No dead-letter topic: invalid
   messages are dropped with a log line. No clock-skew check on ``timestamp``.

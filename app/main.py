@@ -82,6 +82,14 @@ app = VelocityApp(
     # +15-20% (2,090-2,123 -> 2,415-2,547 tx/s); records leave at most this
     # much later. PRODUCER_LINGER_MS trades one for the other.
     producer_linger=settings.producer_linger_ms / 1000.0,
+    # Larger producer batches (Faust: 16 KiB, about three state heads) and
+    # larger fetches (Faust: 1 MiB per partition, no poll limit tuned). Side
+    # by side on a 30,000-message catch-up: 2,288 / 2,389 tx/s with Faust's
+    # values, 2,838 / 2,827 with these (Faust's names, set from the
+    # environment under the same names, validated in app/settings.py).
+    producer_max_batch_size=settings.producer_max_batch_size,
+    consumer_max_fetch_size=settings.consumer_max_fetch_size,
+    broker_max_poll_records=settings.broker_max_poll_records,
 )
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

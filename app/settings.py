@@ -45,6 +45,9 @@ class Settings:
     user_cache_size: int
     state_chunk_rows: int
     producer_linger_ms: int
+    producer_max_batch_size: int
+    consumer_max_fetch_size: int
+    broker_max_poll_records: int
     # Pipeline health (issue: metrics, timers, live page).
     health_log_interval_s: float
     lag_warn_messages: int
@@ -156,6 +159,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         user_cache_size=_int(env, "USER_CACHE_SIZE", 20000, 0),
         state_chunk_rows=_int(env, "STATE_CHUNK_ROWS", 128, 2, 100000),
         producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 20, 0, 1000),
+        producer_max_batch_size=_int(env, "PRODUCER_MAX_BATCH_SIZE", 262_144, 1024, 1_000_000),
+        consumer_max_fetch_size=_int(env, "CONSUMER_MAX_FETCH_SIZE", 8 * 1024 * 1024, 1024, 1 << 30),
+        broker_max_poll_records=_int(env, "BROKER_MAX_POLL_RECORDS", 5000, 1, 1_000_000),
         health_log_interval_s=_positive_seconds(env, "HEALTH_LOG_INTERVAL_S", 30),
         lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
         freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),

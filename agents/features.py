@@ -17,6 +17,7 @@ never retries it, so nothing may escape):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -39,6 +40,9 @@ from tables.store import changelog_topic_name, on_changelog_delivered, store
 from tables.window import Txn
 
 log = logging.getLogger(__name__)
+
+#: The agent lets other tasks run at least this often (seconds of work).
+YIELD_EVERY_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,12 @@ async def process_transaction(origin: Origin, txn: Transaction) -> None:
 
 @app.agent(inbound_topic, name="velocity-features")
 async def compute_features(stream: Any) -> None:
+    # Nothing in a message's processing has to wait when the stream buffer is
+    # full and the producer has room, so without a deliberate yield the agent
+    # would work through a whole fetched batch (thousands of messages, over a
+    # second) before a lookup, a timer or the consumer's next batch got the
+    # event loop.
+    yielded_at = time.monotonic()
     async for event in stream.events():
         message = event.message
         # A message is processed and acked under the lock every offset commit
@@ -252,3 +262,6 @@ async def compute_features(stream: Any) -> None:
                 message.timestamp,
             )
             event.ack()
+        if time.monotonic() - yielded_at > YIELD_EVERY_S:
+            await asyncio.sleep(0)
+            yielded_at = time.monotonic()

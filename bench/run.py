@@ -451,6 +451,12 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     def fmt(x: Any, unit: str = "") -> str:
         return "-" if x is None else (f"{x:,.1f}{unit}" if isinstance(x, float) else f"{x}{unit}")
 
+    def fmt_int(x: Any, unit: str = "") -> str:
+        return "-" if x is None else f"{x:,.0f}{unit}"
+
+    def fmt_ratio(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     f, lk = result["freshness_ms"], result["lookup_ms"]
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
@@ -464,16 +470,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{fmt(f['p50'], ' ms')} / {fmt(f['p99'], ' ms')} |",
         f"| lookup at {lk['rps']:,.0f} req/s under ingest, p50 / p99 | "
         f"{fmt(lk['p50'], ' ms')} / {fmt(lk['p99'], ' ms')} |",
-        f"| the same at {fmt(half.get('rate_tx_s'), ' tx/s')}: freshness p50 / p99 | "
+        f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: freshness p50 / p99 | "
         f"{fmt(half.get('p50'), ' ms')} / {fmt(half.get('p99'), ' ms')} |",
-        f"| the same at {fmt(half.get('rate_tx_s'), ' tx/s')}: lookup p50 / p99 | "
+        f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: lookup p50 / p99 | "
         f"{fmt(half_lk.get('p50'), ' ms')} / {fmt(half_lk.get('p99'), ' ms')} |",
-        f"| table recovery | {fmt(result['recovery_records_s'], ' records/s')} |",
+        f"| table recovery | {fmt_int(result['recovery_records_s'], ' records/s')} |",
         f"| process start to /ready (cold) | {fmt(result['time_to_ready_s'], ' s')} |",
         f"| worker RSS with the users in state | {fmt(result['rss_mb_100k_users'], ' MB')} |",
-        f"| heavy-user ratio | {fmt(result['heavy_user_ratio'])} |",
-        f"| Velocity exactly-once catch-up | {fmt(eos.get('tx_s'), ' tx/s')} "
-        f"({fmt(eos.get('vs_at_least_once'))} of at-least-once) |",
+        f"| heavy-user ratio | {fmt_ratio(result['heavy_user_ratio'])} |",
+        f"| Velocity exactly-once catch-up | {fmt_int(eos.get('tx_s'), ' tx/s')} "
+        f"({fmt_ratio(eos.get('vs_at_least_once'))} of at-least-once) |",
         f"| faster RocksDB binding | {result['rocksdb_binding'] or '-'} |",
         "",
     ]

@@ -160,9 +160,20 @@ async def test_exactly_once_a_killed_worker_leaves_no_duplicate_record(
         await committed.until(lambda ms: len(ms) >= total, 120, f"{total} committed feature records")
         # A duplicate would be beyond that count: read on to the topic's committed end.
         messages = await committed.until_end(60)
+    assert_single_pass(messages, stream, accepted)
+    letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
+    assert letters == []
+
+
+def assert_single_pass(
+    messages: list[tuple[bytes | None, dict[str, Any], int]], stream: Stream, accepted: set[str]
+) -> None:
+    """The committed records are exactly those of one pass over the stream, per user and in order."""
+    want = single_pass_records(stream)
     got: dict[str, list[dict[str, Any]]] = {}
     for _, value, _ in messages:
         got.setdefault(value["user_id"], []).append(value)
+    total = sum(len(v) for v in want.values())
     assert sum(len(v) for v in got.values()) == total, "a read_committed reader saw duplicates or losses"
     for user, records in want.items():
         ids = [r["transaction_id"] for r in got.get(user, [])]
@@ -170,5 +181,3 @@ async def test_exactly_once_a_killed_worker_leaves_no_duplicate_record(
         for actual, expected in zip(got[user], records, strict=True):
             assert_record_matches(actual, expected)
     assert {r["transaction_id"] for rs in got.values() for r in rs} == accepted
-    letters = await dlq.until(lambda ms: True, 5, "a read of the dead-letter topic")
-    assert letters == []

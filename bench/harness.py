@@ -238,9 +238,16 @@ class Progress:
 
     def rate(self) -> float | None:
         """Records/s from the first sample with output to the last sample (start-up excluded)."""
-        first = next(((t, n) for t, n in self.samples if n > 0), None)
-        if first is None or self.done <= first[1]:
+        i = next((i for i, (_, n) in enumerate(self.samples) if n > 0), None)
+        if i is None:
             return None
+        first = self.samples[i]
+        if self.done <= first[1]:
+            # Everything arrived between two polls (a tiny stream): count it all from the
+            # poll before, a lower bound.
+            if i == 0:
+                return None
+            first = self.samples[i - 1]
         t_end = self.samples[-1][0]
         return (self.done - first[1]) / max(t_end - first[0], 1e-9)
 

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint typecheck clean bench bench-quick
+.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,12 @@ bench: setup kafka
 bench-quick: setup kafka
 	$(BIN)/python -m bench.run --size quick
 
+## lint: ruff (rules + format), mypy --strict on the package, tests and bench, the layer contracts
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

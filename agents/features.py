@@ -24,20 +24,18 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka.partitioner import murmur2
 from faust import current_event
 
-from app.faust_fixes import message_boundary
-from app.health import health
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
-from records import RejectedMessage, Transaction, parse_transaction
-from records.transaction import dead_letter_value
-from tables import restore as _bulk_restore  # noqa: F401  (registers the bulk changelog restore)
-from tables.store import changelog_topic_name, on_changelog_delivered, store
-from tables.window import Txn
+from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
+from records.schema import DeadLetter, UserFeatures
+from records.transaction import Transaction, parse_transaction
+from tables import restore as _bulk_restore  # noqa: F401  (connects the bulk changelog restore)
+from tables.user_state import changelog_topic_name, on_changelog_delivered, user_counts, windows
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +57,10 @@ class Origin:
 
 def owner_partition(user_key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives the key, as Faust routes."""
-    return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(user_key) & 0x7FFFFFFF) % partitions
 
 
-async def send_dead_letter(origin: Origin, error_type: str, error_message: str) -> None:
+async def send_dead_letter(origin: Origin, error_type: ErrorType, error_message: str) -> None:
     log.warning(
         "dead letter %s from %s[%s]@%s key=%r: %s",
         error_type,
@@ -72,7 +70,7 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
         origin.key,
         error_message,
     )
-    value = dead_letter_value(
+    letter = DeadLetter.for_message(
         topic=origin.topic,
         partition=origin.partition,
         offset=origin.offset,
@@ -82,8 +80,8 @@ async def send_dead_letter(origin: Origin, error_type: str, error_message: str) 
         failed_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         raw_value=origin.raw_value,
     )
-    await publish(dlq_topic, origin.key, value)
-    health.on_dead_letter(error_type)
+    await publish(dlq_topic, origin.key, letter.encode())
+    app.metrics.on_dead_letter(error_type)
 
 
 def _transactional_id() -> str | None:
@@ -103,7 +101,9 @@ def _transactional_id() -> str | None:
     return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
 
 
-async def send(topic_name: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
+async def send(
+    topic_name: str, key: bytes | None, value: bytes | None, partition: int | None
+) -> asyncio.Future[Any]:
     """Hand one message to the producer; return its delivery future once the producer holds it.
 
     Straight through Faust's producer, not Faust's topic API (per-message
@@ -113,8 +113,11 @@ async def send(topic_name: str, key: bytes | None, value: bytes | None, partitio
     worker before its offset can be committed; a restart processes it again
     and the duplicate rule makes that safe.
     """
-    fut = await app.producer.send(
-        topic_name, key, value, partition, None, None, transactional_id=_transactional_id()
+    fut = cast(
+        "asyncio.Future[Any]",
+        await app.producer.send(
+            topic_name, key, value, partition, None, None, transactional_id=_transactional_id()
+        ),
     )
     fut.add_done_callback(_check_delivered)
     return fut
@@ -159,7 +162,7 @@ def _envelope(origin: Origin, txn: Transaction) -> bytes:
             "key": None if origin.key is None else base64.b64encode(origin.key).decode("ascii"),
             "timestamp_s": origin.timestamp_s,
             "raw_value": None if origin.raw_value is None else origin.raw_value.decode("utf-8", "replace"),
-            "txn": txn.asdict(),
+            "txn": txn.to_dict(),
         }
     )
 
@@ -175,7 +178,7 @@ def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
         timestamp_s=env["timestamp_s"],
         raw_value=None if raw is None else raw.encode("utf-8"),
     )
-    return origin, Transaction(**env["txn"])
+    return origin, Transaction.from_dict(env["txn"])
 
 
 async def handle_message(
@@ -197,47 +200,40 @@ async def handle_message(
             if key != user_key or partition != expected:
                 await publish(rekey_topic, user_key, _envelope(origin, txn), partition=expected)
                 return
-        await process_transaction(origin, txn)
+        await process_transaction(origin, txn, partition)
     except Exception as exc:
         log.exception("processing failed for %s[%s]@%s key=%r", topic, partition, offset, key)
-        await send_dead_letter(origin, "ProcessingError", f"{type(exc).__name__}: {exc}")
+        await send_dead_letter(origin, ProcessingError.error_type, f"{type(exc).__name__}: {exc}")
 
 
-async def process_transaction(origin: Origin, txn: Transaction) -> None:
-    window = store.load(txn.user_id)
+async def process_transaction(origin: Origin, txn: Transaction, partition: int) -> None:
+    """``txn`` of the user owned by ``partition`` (of the message being processed)."""
+    window = windows.load(txn.user_id)
     is_new_user = window is None
     if window is None:
-        window = store.new(txn.user_id)
+        window = windows.new(txn.user_id)
     try:
-        outcome = window.apply(
-            Txn(
-                transaction_id=txn.transaction_id,
-                event_ts_s=txn.timestamp,
-                amount=txn.amount,
-                merchant_id=txn.merchant_id,
-                merchant_category=txn.merchant_category,
-                is_online=txn.is_online,
-            ),
-            computed_at_s=time.time(),
-        )
-        changes = store.save(window, outcome.writes) if outcome.writes else []
+        outcome = window.apply(txn, computed_at_s=time.time())
+        changes = windows.save(window, outcome.writes) if outcome.writes else []
     except Exception:
-        store.forget(txn.user_id)  # the cached window may be half-updated: reload it
+        windows.forget(txn.user_id)  # the cached window may be half-updated: reload it
         raise
     if changes:
         await send_changelog(changes)
     if outcome.verdict == "late":
-        await send_dead_letter(origin, "LateEvent", outcome.reason)
+        await send_dead_letter(origin, LateEvent.error_type, outcome.reason)
         return
     assert outcome.features is not None
+    metrics = app.metrics
     if outcome.verdict == "accepted":
-        health.on_processed()
+        metrics.on_processed()
         if is_new_user:
-            health.on_new_user()
+            user_counts.on_new_user(partition)
     else:
-        health.on_duplicate()
-    health.on_feature(outcome.features["computed_at"], origin.timestamp_s)
-    await publish(features_topic, txn.user_id.encode("utf-8"), orjson.dumps(outcome.features))
+        metrics.on_duplicate()
+    features = UserFeatures.from_values(outcome.features)
+    metrics.on_feature(features.computed_at, origin.timestamp_s)
+    await publish(features_topic, txn.user_id.encode("utf-8"), features.encode())
 
 
 @app.agent(inbound_topic, name="velocity-features")
@@ -251,8 +247,8 @@ async def compute_features(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         # A message is processed and acked under the lock every offset commit
-        # takes, so a commit never splits a message (app/faust_fixes.py).
-        async with message_boundary:
+        # takes, so a commit never splits a message (app/faust_ext.py).
+        async with app.message_boundary:
             await handle_message(
                 message.topic,
                 message.partition,

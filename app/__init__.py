@@ -1,5 +1,17 @@
-"""Velocity: ``faust -A app worker`` finds the App as ``app.app``."""
+"""Velocity's Faust app: ``faust -A app worker`` finds it as ``app.app``.
 
-from app.main import app, settings
+Importing this package (or ``app.settings``) builds nothing: the App is
+built when ``app.app`` is first asked for, by Faust or by ``app.main``.
+"""
 
-__all__ = ["app", "settings"]
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from app.main import app
+
+        return app
+    raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from records.errors import TopicMismatchError
+
 log = logging.getLogger(__name__)
-
-
-class TopicMismatchError(RuntimeError):
-    """An existing co-partitioned topic has the wrong number of partitions."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The Faust App. A leaf: it imports only ``app.settings`` and helpers of its own package.
+"""Builds the Faust App and declares its topics; the one module with import-time effects.
 
-Agents, views and commands are found by Faust's autodiscovery when a worker or
-command starts, so nothing here imports them.
+It imports only settings, the Faust extensions and helpers below it: tables,
+agents, web views, timers and commands import it, and Faust's autodiscovery
+finds them when a worker or command starts.
 """
 
 from __future__ import annotations
@@ -13,66 +14,66 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import faust
-
-from app import codecs as _orjson_codec  # noqa: F401  (registers the "orjson" codec)
-from app import faust_fixes
-from app.kafka_admin import TopicMismatchError, TopicSpec, ensure_topics
-from app.settings import Settings, SettingsError, load_settings
+from app.faust_ext import ExtendedApp, FaustVersionError
+from app.kafka_admin import TopicSpec, ensure_topics
+from app.metrics import PipelineMetrics
+from app.settings import Settings, load_settings
 from app.web_errors import json_errors
+from records.errors import SettingsError, TopicMismatchError
 
 log = logging.getLogger(__name__)
 
-try:
-    settings: Settings = load_settings()
-except SettingsError as exc:  # one clear line, no traceback
-    raise SystemExit(f"velocity: bad configuration: {exc}") from None
+#: Full garbage collections happen this many times rarer than Python's default.
+GC_FULL_THRESHOLD = 1000
+#: A full collection slower than this is logged.
+GC_SLOW_S = 0.1
 
 
-faust_fixes.apply()
+class VelocityApp(ExtendedApp):
+    """The Velocity worker's App: its settings, its metrics, its topics checked before anything subscribes."""
 
-# Full (generation 2) garbage collections walk every object the worker holds
-# -- the cached windows are about a million objects at 100,000 users -- and
-# took 280-380 ms each, 21 times in 3 minutes of a full-size run, finding
-# almost nothing to free (nothing on the hot path builds reference cycles):
-# each one stalled the event loop, so lookups and the stream with it. Make
-# them 100x rarer (Python's default third threshold is 10), freeze what
-# exists once the worker is up, and log any full collection over 100 ms.
-gc.set_threshold(700, 10, 1000)
-_gc_started = [0.0]
-
-
-def _watch_full_collections(phase: str, info: dict[str, int]) -> None:
-    if info.get("generation") != 2:
-        return
-    if phase == "start":
-        _gc_started[0] = time.perf_counter()
-    elif (took := time.perf_counter() - _gc_started[0]) > 0.1:
-        log.warning("full garbage collection took %.0f ms (freed %s)", took * 1000, info.get("collected"))
-
-
-gc.callbacks.append(_watch_full_collections)
-
-
-class VelocityApp(faust.App):
-    """``faust.App`` that creates and checks its topics before anything subscribes."""
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings.app_id, **kwargs)
+        self.settings = settings
+        self.metrics = PipelineMetrics()
+        self._gc_started_s = 0.0
 
     async def on_first_start(self) -> None:
         try:
-            await ensure_topics(settings.broker_url, topic_specs(settings))
+            await ensure_topics(self.settings.broker_url, topic_specs(self.settings))
         except TopicMismatchError as exc:
             # One line and a clean exit code: nothing has started yet.
             sys.stderr.write(f"velocity: refusing to start: {exc}\n")
             sys.stderr.flush()
             os._exit(78)
-        Path(settings.datadir).mkdir(parents=True, exist_ok=True)
+        Path(self.settings.datadir).mkdir(parents=True, exist_ok=True)
         self._drop_state_of_an_unclean_stop()
+        self._tune_garbage_collection()
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
-        _clean_stop_marker().touch()
+        self._clean_stop_marker().touch()
+
+    def _tune_garbage_collection(self) -> None:
+        # Full (generation 2) collections walk every object the worker holds
+        # -- the cached windows are about ten objects per retained transaction
+        # -- and find almost nothing to free (nothing on the hot path builds
+        # reference cycles), while each one stalls the event loop. Make them
+        # rarer, freeze what exists once the worker is up, log slow ones.
+        gen0, gen1, _ = gc.get_threshold()
+        gc.set_threshold(gen0, gen1, GC_FULL_THRESHOLD)
+        gc.callbacks.append(self._watch_full_collections)
+
+    def _watch_full_collections(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started_s = time.perf_counter()
+        elif (took := time.perf_counter() - self._gc_started_s) > GC_SLOW_S:
+            log.warning("full garbage collection took %.0f ms (freed %s)", took * 1000, info.get("collected"))
 
     def _drop_state_of_an_unclean_stop(self) -> None:
         """Under exactly_once, start from the changelog after a crash or a kill.
@@ -84,10 +85,10 @@ class VelocityApp(faust.App):
         Kafka Streams does the same (it wipes a task's state after an unclean
         shutdown under exactly-once).
         """
-        marker = _clean_stop_marker()
+        marker = self._clean_stop_marker()
         tabledir = Path(self.conf.tabledir)
         if (
-            settings.processing_guarantee == "exactly_once"
+            self.settings.processing_guarantee == "exactly_once"
             and not marker.exists()
             and tabledir.is_dir()
             and any(tabledir.iterdir())
@@ -100,9 +101,8 @@ class VelocityApp(faust.App):
             shutil.rmtree(tabledir)
         marker.unlink(missing_ok=True)
 
-
-def _clean_stop_marker() -> Path:
-    return Path(settings.datadir) / "clean-stop"
+    def _clean_stop_marker(self) -> Path:
+        return Path(self.settings.datadir) / "clean-stop"
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:
@@ -115,42 +115,46 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
     ]
 
 
-app = VelocityApp(
-    settings.app_id,
-    broker=settings.broker_url,
-    store=settings.store,
-    datadir=settings.datadir,
-    processing_guarantee=settings.processing_guarantee,
-    topic_partitions=settings.topic_partitions,
-    table_standby_replicas=settings.table_standby_replicas,
-    web_port=settings.web_port,
-    web_bind=settings.web_bind,
-    web_host=settings.web_host,
-    autodiscover=["agents", "app.views", "app.monitoring", "app.commands"],
-    # Our own pages live at / and /stats; Faust's table browser would expose raw state.
-    web_stats_enabled=False,
-    web_tables_enabled=False,
-    web_application_options={"middlewares": [json_errors]},
-    origin="app",
-    # Faust's consumer group for a brand-new app id starts from the beginning.
-    consumer_auto_offset_reset="earliest",
-    # Commit every second (Faust: 2.8 s): consumer lag is measured from the
-    # committed offset, so this bounds what lag shows for work already done.
-    broker_commit_interval=1.0,
-    # Batch produce requests (features, changelog): fewer, larger requests.
-    # Measured side by side on a 30,000-message catch-up: 5 ms -> 20 ms gave
-    # +15-20% (2,090-2,123 -> 2,415-2,547 tx/s); records leave at most this
-    # much later. PRODUCER_LINGER_MS trades one for the other.
-    producer_linger=settings.producer_linger_ms / 1000.0,
-    # Larger producer batches (Faust: 16 KiB, about three state heads) and
-    # larger fetches (Faust: 1 MiB per partition, no poll limit tuned). Side
-    # by side on a 30,000-message catch-up: 2,288 / 2,389 tx/s with Faust's
-    # values, 2,838 / 2,827 with these (Faust's names, set from the
-    # environment under the same names, validated in app/settings.py).
-    producer_max_batch_size=settings.producer_max_batch_size,
-    consumer_max_fetch_size=settings.consumer_max_fetch_size,
-    broker_max_poll_records=settings.broker_max_poll_records,
-)
+def build_app(settings: Settings) -> VelocityApp:
+    return VelocityApp(
+        settings,
+        broker=settings.broker_url,
+        store=settings.store,
+        datadir=settings.datadir,
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.topic_partitions,
+        table_standby_replicas=settings.table_standby_replicas,
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
+        autodiscover=["agents", "app.web", "app.timers", "app.commands"],
+        # Our own pages live at / and /stats; Faust's table browser would expose raw state.
+        web_stats_enabled=False,
+        web_tables_enabled=False,
+        web_application_options={"middlewares": [json_errors]},
+        origin="app",
+        # Faust's consumer group for a brand-new app id starts from the beginning.
+        consumer_auto_offset_reset="earliest",
+        # Commit every second (Faust: 2.8 s): consumer lag is measured from the
+        # committed offset, so this bounds what lag shows for work already done.
+        broker_commit_interval=1.0,
+        # Batch produce requests (features, changelog): fewer, larger requests;
+        # records leave at most this much later (README, "Performance").
+        producer_linger=settings.producer_linger_ms / 1000.0,
+        # Larger producer batches and fetches than Faust's defaults (16 KiB
+        # batches, 1 MiB per partition): Faust's names, set from the
+        # environment under the same names, validated in app/settings.py.
+        producer_max_batch_size=settings.producer_max_batch_size,
+        consumer_max_fetch_size=settings.consumer_max_fetch_size,
+        broker_max_poll_records=settings.broker_max_poll_records,
+    )
+
+
+try:
+    settings: Settings = load_settings()
+    app = build_app(settings)
+except (SettingsError, FaustVersionError) as exc:  # one clear line, no traceback
+    raise SystemExit(f"velocity: cannot start: {exc}") from None
 
 
 async def _freeze_startup_objects() -> None:
@@ -160,12 +164,18 @@ async def _freeze_startup_objects() -> None:
 
 app.on_startup_finished = _freeze_startup_objects
 
-raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+_raw: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 #: What the agent consumes: the input topic and the internal re-keying hop.
 inbound_topic = app.topic(
-    settings.transactions_topic, settings.rekey_topic, partitions=settings.topic_partitions, **raw
+    settings.transactions_topic, settings.rekey_topic, partitions=settings.topic_partitions, **_raw
 )
-rekey_topic = app.topic(settings.rekey_topic, partitions=settings.topic_partitions, **raw)
-features_topic = app.topic(settings.features_topic, **raw)
-dlq_topic = app.topic(settings.dlq_topic, **raw)
-health_topic = app.topic(settings.health_topic, **raw)
+rekey_topic = app.topic(settings.rekey_topic, partitions=settings.topic_partitions, **_raw)
+features_topic = app.topic(settings.features_topic, **_raw)
+dlq_topic = app.topic(settings.dlq_topic, **_raw)
+health_topic = app.topic(settings.health_topic, **_raw)

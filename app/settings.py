@@ -1,4 +1,4 @@
-"""Settings, read once at start from the environment (SPEC 2) into a frozen object."""
+"""Settings, read once at start from the environment (SPEC 2) into a frozen object. Pure: no Faust."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from records.errors import SettingsError
+
 Guarantee = Literal["at_least_once", "exactly_once"]
 
 # Kafka's own rule for topic names; APP_ID follows it too because it prefixes
@@ -18,10 +20,6 @@ _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_TOPIC_CHARS = 249
 # Leaves room for the suffixes Faust and we append ("-<table>-changelog", ...).
 MAX_APP_ID_CHARS = 200
-
-
-class SettingsError(ValueError):
-    """A bad value; the message names the variable."""
 
 
 @dataclass(frozen=True, slots=True)

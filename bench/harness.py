@@ -1,8 +1,10 @@
 """What every benchmark needs: the generated stream, topics, processes, waiting.
 
-Used by bench/run.py (the suite) and the single-figure scripts next to it.
-Everything talks to the local Kafka (scripts/kafka.sh start) on
-``localhost:$KAFKA_PORT`` (9092 unless set).
+Used by bench/run.py, the one entry point of every scenario. Everything talks
+to the local Kafka (scripts/kafka.sh start) on ``localhost:$KAFKA_PORT``
+(9092 unless set), and to Velocity's workers only over HTTP, Kafka and their
+process (``faust -A app worker``), never by importing the worker's modules.
+Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -30,10 +33,19 @@ BIN = Path(sys.executable).parent
 PYTHON = str(BIN / "python")
 FAUST = str(BIN / "faust")
 PARTITIONS = 8
+VELOCITY_WORKER = [FAUST, "-A", "app", "worker", "-l", "info"]
+Guarantee = Literal["at_least_once", "exactly_once"]
 
 
 def bootstrap() -> str:
     return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+def free_port() -> int:
+    """A TCP port the OS has just handed out on 127.0.0.1 (so two runs never collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- the stream
@@ -120,18 +132,87 @@ async def prefill(topic: str, messages: list[tuple[bytes, bytes]]) -> None:
         await producer.stop()
 
 
-async def end_offsets_sum(topic: str) -> int:
+async def _end_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in parts]
+    if not tps:
+        return {}
+    return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+
+
+async def end_offsets(topic: str) -> dict[int, int]:
+    """Partition -> end offset (empty if the topic does not exist yet)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        return sum((await consumer.end_offsets(tps)).values()) if tps else 0
+        return await _end_offsets(consumer, topic)
     finally:
         await consumer.stop()
+
+
+async def end_offsets_sum(topic: str) -> int:
+    return sum((await end_offsets(topic)).values())
+
+
+async def topics_named(prefix: str, suffix: str) -> list[str]:
+    """The broker's topics whose names start with ``prefix`` and end with ``suffix``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    await consumer.start()
+    try:
+        return sorted(t for t in await consumer.topics() if t.startswith(prefix) and t.endswith(suffix))
+    finally:
+        await consumer.stop()
+
+
+async def changelog_records(app_id: str) -> int:
+    """Records written to the changelogs of an app's tables (``<app id>-*-changelog``): their end offsets.
+
+    Compaction may have removed some of them since; a full restore reads what is left.
+    """
+    total = 0
+    for topic in await topics_named(f"{app_id}-", "-changelog"):
+        total += await end_offsets_sum(topic)
+    return total
+
+
+async def longest_pause_s(topic: str, start_ms: int, end_ms: int, timeout: float) -> dict[str, Any]:
+    """The longest gap between consecutive records of one partition, timestamps in [start, end].
+
+    Reads the topic from the start up to its end offsets as they are now (so
+    the read ends), within ``timeout`` seconds.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await _end_offsets(consumer, topic)
+        tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        last: dict[int, int] = {}
+        longest_ms, where, records = 0, -1, 0
+        pending = {tp.partition for tp in tps}
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s reading {topic}")
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, batch_records in batch.items():
+                for r in batch_records:
+                    if not start_ms <= r.timestamp <= end_ms:
+                        continue
+                    records += 1
+                    if tp.partition in last and r.timestamp - last[tp.partition] > longest_ms:
+                        longest_ms, where = r.timestamp - last[tp.partition], tp.partition
+                    last[tp.partition] = r.timestamp
+            for tp in tps:
+                if tp.partition in pending and await consumer.position(tp) >= ends[tp.partition]:
+                    pending.discard(tp.partition)
+    finally:
+        await consumer.stop()
+    return {"longest_pause_s": longest_ms / 1000.0, "partition": where, "records": records}
 
 
 # --------------------------------------------------------------------------- processes
@@ -144,6 +225,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    started: float = field(default_factory=time.monotonic)  # time.monotonic() at the start
 
     @classmethod
     def start(cls, name: str, argv: list[str], env: dict[str, str], log: Path) -> Proc:
@@ -186,8 +268,14 @@ def base_env() -> dict[str, str]:
 
 
 def velocity_env(
-    app_id: str, input_topic: str, output_topic: str, datadir: Path, port: int
+    app_id: str,
+    input_topic: str,
+    output_topic: str,
+    datadir: Path,
+    port: int,
+    guarantee: Guarantee = "at_least_once",
 ) -> dict[str, str]:
+    """A worker's environment: the caller's (its tuning knobs pass through) plus the run's own."""
     env = base_env()
     env.update(
         BROKER_URL=f"kafka://{bootstrap()}",
@@ -200,6 +288,7 @@ def velocity_env(
         WEB_BIND="127.0.0.1",
         WEB_HOST="127.0.0.1",
         APP_DATADIR=str(datadir),
+        PROCESSING_GUARANTEE=guarantee,
     )
     return env
 
@@ -212,16 +301,53 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
         return None
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, proc: Proc | None = None) -> Any:
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float, what: str, proc: Proc | Iterable[Proc] | None = None
+) -> Any:
+    """Poll ``check`` until it returns something true; fail if a watched process exits or time runs out."""
+    procs = [proc] if isinstance(proc, Proc) else list(proc or ())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}")
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(
+                    f"{p.name} exited with {p.popen.returncode} while waiting for {what}:\n{p.tail()}"
+                )
         value = check()
         if value:
             return value
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def worker_stats(port: int) -> dict[str, Any] | None:
+    stats = http_json(f"http://127.0.0.1:{port}/stats?scope=worker")
+    return stats if isinstance(stats, dict) else None
+
+
+def wait_started(port: int, proc: Proc, timeout: float) -> dict[str, Any]:
+    """Wait for a worker's first /ready; its /stats then, with ``startup_to_ready_s`` set."""
+
+    def started() -> dict[str, Any] | None:
+        stats = worker_stats(port)
+        return stats if stats and stats.get("startup_to_ready_s") is not None else None
+
+    result: dict[str, Any] = wait_until(started, timeout, f"{proc.name}'s /ready", proc)
+    return result
+
+
+def ready(port: int) -> bool:
+    return http_status(f"http://127.0.0.1:{port}/ready") == 200
 
 
 @dataclass
@@ -235,6 +361,10 @@ class Progress:
     @property
     def done(self) -> int:
         return self.samples[-1][1] if self.samples else 0
+
+    def first_output_s(self) -> float | None:
+        """time.monotonic() of the first sample that saw output."""
+        return next((t for t, n in self.samples if n > 0), None)
 
     def rate(self) -> float | None:
         """Records/s from the first sample with output to the last sample (start-up excluded)."""

@@ -1,6 +1,14 @@
 """Faust's two RocksDB bindings side by side, on the workload of Velocity's table.
 
-    .venv/bin/python bench/rocksdb_bindings.py [--users 10000] [--ops 100000] [--restore-keys 100000]
+Runs in a venv of its own, never the project's (which has rocksdict only):
+
+    .venv/bin/python -m bench.run --only rocksdb_bindings    # builds the venv once, then runs this
+    ~/.cache/velocity/bench-rocksdb-venv/bin/python bench/rocksdb_bindings.py \
+        [--users 10000] [--ops 100000] [--restore-keys 100000] [--json]
+
+bench/rocksdb_env.py builds that venv (faust-streaming, rocksdict and
+faust-streaming-rocksdb, pinned) and calls this script in it. It imports
+nothing of the project.
 
 Faust (faust/stores/rocksdb.py) talks to RocksDB through either ``rocksdict``
 (Rust bindings, RocksDB 8; Faust's default when importable, ``USE_ROCKSDICT``)
@@ -35,18 +43,21 @@ background compaction hits both alike; best of ``rounds``. Figures are per
 second of wall time and, steadier on a shared machine, per second of the
 calling thread's CPU time (RocksDB's own flush/compaction threads excluded).
 
-The ratio is rocksdict / python-rocksdb (> 1: rocksdict faster). ``compare()`` is what the harness calls.
+The ratio is rocksdict / python-rocksdb (> 1: rocksdict faster). ``--json`` prints
+``compare()``'s result as one JSON line, which is what the harness reads.
 Installing ``faust-streaming-rocksdb`` has a side effect on Faust with
 rocksdict: ``faust.stores.rocksdb.ERRORS_ROCKS_IO_ERROR`` becomes
 ``rocksdb.errors.RocksIOError`` instead of ``Exception``, so rocksdict's
 "lock" errors (plain ``Exception``) are no longer retried on partition
-assignment; and every RocksDB table gets a ``rocksdb.BackupEngine``.
+assignment; and every RocksDB table gets a ``rocksdb.BackupEngine``. Hence
+the separate venv.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
 import shutil
 import tempfile
@@ -143,7 +154,8 @@ def _current_event(partition: int) -> Iterator[Callable[[int], None]]:
     def move(p: int) -> None:
         event.message.partition = p
 
-    token = var.set(weakref.ref(event))
+    ref: Any = weakref.ref(event)  # Faust types it as a reference to its EventT; ours has what Store reads
+    token = var.set(ref)
     try:
         yield move
     finally:
@@ -306,7 +318,7 @@ def compare(n_users: int, n_ops: int, restore_keys: int = 100_000, rounds: int =
     for d in DRIVERS:
         if d not in runnable:
             pip = "rocksdict" if d == "rocksdict" else "faust-streaming-rocksdb"
-            out[d] = {"error": f"not installed (pip install {pip})"}
+            out[d] = {"error": f"{pip} not installed here: run this through python -m bench.rocksdb_env"}
     if runnable:
         for _ in range(max(1, rounds)):
             for d, figures in _one_round(runnable, w).items():
@@ -328,9 +340,13 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=100_000)
     ap.add_argument("--restore-keys", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1, help="best of N rounds")
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line (for the harness)")
     args = ap.parse_args()
     t0 = time.monotonic()
     res = compare(args.users, args.ops, args.restore_keys, args.rounds)
+    if args.json:
+        print(json.dumps(res))
+        return
     figures = [
         ("process_tx_s", f"process: get+set head (+chunk 1/{CHUNK_EVERY}), tx/s"),
         ("raw_get_put_tx_s", "same, raw binding get/put, tx/s"),

@@ -2,52 +2,81 @@
 
     make bench          # full: 100,000 users, 300,000 transactions (takes a while)
     make bench-quick    # the same scenarios on a smaller stream, under 5 minutes
+    .venv/bin/python -m bench.run --only NAME [NAME ...] [options]   # some scenarios
 
 Needs the local Kafka (scripts/kafka.sh start) and, for the Redis design,
 ``redis-server`` on the PATH. Writes ``bench/results/latest.json``,
 ``bench/results/latest.md`` and ``bench/results/throughput.png`` (or the
-directory given by ``--out``).
+directory given by ``--out``). The workers are ``faust -A app worker``
+subprocesses; the harness talks to them over HTTP and Kafka only.
 
-Scenarios, in order, one process at a time on the same machine:
+Scenarios (``--only`` names), in order, one process at a time on the same machine:
 
-1. Throughput: the same pre-filled topic (every user once, then Zipf-like
-   traffic) consumed from the start by each design in turn: Velocity (one
-   worker, shipped settings), a Faust pass-through agent, the seed's Faust
+1. Throughput (``velocity``, ``faust_passthrough``, ``seed_faust_hopping``,
+   ``seed_redis``, ``quix_streams``, ``aiokafka_raw_consume``): the same
+   pre-filled topic (every user once, then Zipf-like traffic) consumed from
+   the start by each design in turn: Velocity (one worker, shipped settings,
+   at-least-once), a Faust pass-through agent, the seed's Faust
    hopping-window design, the seed's Redis sorted-set design, Quix Streams
-   sliding windows, and a raw aiokafka consumer. Rate = output records/s from
-   the first output record to the last (start-up excluded); a design that
-   does not finish within its time limit is reported at the rate it had.
-2. Freshness and lookups: the caught-up Velocity worker gets ``--rate``
-   transactions/s and ``--rps`` lookups/s (bench/steady.py).
-3. Recovery: a cold Velocity worker (same app id, empty data dir) restores
-   the table from the changelog; records/s, start to /ready, and its RSS.
-4. Heavy user: Velocity on the same stream with one user carrying 20,000
+   sliding windows, and a raw aiokafka consumer. Rate = output records/s
+   from the first output record to the last (start-up excluded); a design
+   that does not finish within its time limit is reported at the rate it had.
+2. ``steady``, freshness and lookups: the caught-up Velocity worker gets
+   ``--rate`` transactions/s and ``--rps`` lookups/s (bench/steady.py).
+3. ``recovery``: a cold Velocity worker (same app id, empty data dir)
+   restores the table from the changelog (records restored of the
+   changelog's, records/s, start to /ready, its RSS); then the first worker
+   restarts on its old data dir (warm: records replayed, start to /ready).
+4. ``heavy``: Velocity on the same stream with one user carrying 20,000
    transactions in 24 h mixed in; its rate over the uniform rate.
-5. Exactly-once: Velocity's catch-up on the same stream with
+5. ``exactly_once``: Velocity's catch-up on the same stream with
    PROCESSING_GUARANTEE=exactly_once (in the details, and the Markdown).
-6. RocksDB bindings: bench/rocksdb_bindings.py on the table's workload.
+6. ``rocksdb_bindings``: rocksdict against python-rocksdb on the table's
+   workload, in a venv of its own (bench/rocksdb_env.py); skipped, with the
+   reason, when that venv cannot be built.
+
+Only when named in ``--only``:
+
+* ``catchup``: one Velocity worker's catch-up with
+  PROCESSING_GUARANTEE=``--guarantee`` (a full run measures both guarantees
+  as ``velocity`` and ``exactly_once``), with its start-up time, overall
+  rate and dead letters.
+* ``rolling_restart``: two Velocity workers under ``--rolling-rate`` tx/s
+  of simulated traffic (``faust -A app simulate``), restarted one after the
+  other on their data dirs, with dynamic and with static membership
+  (CONSUMER_GROUP_INSTANCE_ID; ``--membership`` picks): the longest gap
+  between consecutive feature records of one partition (the processing
+  pause) and the group joins the workers logged.
+
+``--users`` and ``--messages`` override the size's stream, e.g. recovery
+for 100,000 users with one transaction each:
+``--only recovery --users 100000 --messages 100000``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import platform
 import random
+import shlex
 import shutil
-import socket
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import orjson
 
 from bench import harness
-from bench.harness import FAUST, PYTHON, Proc, StreamSpec
+from bench.harness import FAUST, PARTITIONS, PYTHON, VELOCITY_WORKER, Guarantee, Proc, StreamSpec, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DESIGNS = [
@@ -58,6 +87,32 @@ DESIGNS = [
     "quix_streams",
     "aiokafka_raw_consume",
 ]
+# Every scenario, in the order a run takes them; the value is its --help line.
+SCENARIOS = {
+    "velocity": "Velocity's catch-up on the pre-filled stream (one worker, at-least-once)",
+    "steady": "freshness and lookups of the caught-up worker at --rate tx/s and --rps req/s",
+    "recovery": "cold and warm restart of that worker: records restored, records/s, seconds to /ready",
+    "heavy": "catch-up with one heavy user mixed in, over the uniform rate",
+    "exactly_once": "catch-up under PROCESSING_GUARANTEE=exactly_once",
+    "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
+    "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
+    "seed_faust_hopping": "the seed's Faust hopping-window design",
+    "seed_redis": "the seed's Redis sorted-set design (needs redis-server)",
+    "quix_streams": "Quix Streams sliding windows",
+    "aiokafka_raw_consume": "a raw aiokafka consumer (the ceiling)",
+    "rolling_restart": "(only with --only) two workers restarted in turn under traffic: the longest pause",
+    "rocksdb_bindings": "rocksdict vs python-rocksdb, in a venv of its own (bench/rocksdb_env.py)",
+}
+# Run only when named in --only: catchup is what velocity + exactly_once measure in a full run;
+# rolling_restart starts two more workers and restarts them (about a minute at any size), which
+# would not fit bench-quick's 5 minutes.
+ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
+NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once"}
+NEEDS_STREAM = set(SCENARIOS) - {"rolling_restart", "rocksdb_bindings"}
+Membership = Literal["dynamic", "static"]
+
+READY_TIMEOUT_S = 180.0  # a worker's start to /ready, nothing to restore
+RESTORE_TIMEOUT_S = 1800.0  # the same with a whole table to restore (full size)
 
 
 @dataclass(frozen=True)
@@ -82,24 +137,46 @@ SIZES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Options:
+    rate: float = 2000.0
+    rps: float = 200.0
+    only: tuple[str, ...] = ()
+    guarantee: Guarantee = "at_least_once"
+    rolling_rate: float = 200.0
+    membership: tuple[Membership, ...] = ("dynamic", "static")
+
+
+def selected(only: tuple[str, ...]) -> list[str]:
+    """The scenarios to run, in order: all but the --only ones by default, with what they need."""
+    wanted = set(only) if only else set(SCENARIOS) - ONLY_WITH_ONLY
+    if wanted & NEEDS_VELOCITY:
+        wanted.add("velocity")
+    return [name for name in SCENARIOS if name in wanted]
 
 
 class Run:
-    def __init__(self, size: Size, work: Path, rate: float, rps: float, only: list[str]) -> None:
+    def __init__(self, size: Size, work: Path, opts: Options) -> None:
         self.size = size
         self.work = work
-        self.rate = rate
-        self.rps = rps
-        self.only = only
+        self.opts = opts
+        self.rate = opts.rate
+        self.rps = opts.rps
+        self.scenarios = selected(opts.only)
         self.tag = uuid.uuid4().hex[:8]
         self.notes: list[str] = []
         self.details: dict[str, Any] = {}
         self.throughput: dict[str, float | None] = dict.fromkeys(DESIGNS)
         self.procs: list[Proc] = []
+        self.input = f"bench-in-{self.tag}"
+        self.heavy_input = f"bench-heavy-{self.tag}"
+        self.stream: list[tuple[bytes, bytes]] = []
+        self.heavy_count = 0
+        # The at-least-once worker of the "velocity" scenario, which steady and recovery go on with.
+        self.velocity_app = f"bench-velocity-{self.tag}"
+        self.velocity_out = f"bench-out-velocity-{self.tag}"
+        self.velocity_port = 0  # picked when it starts
+        self.velocity_proc: Proc | None = None
 
     def log(self, msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -120,18 +197,20 @@ class Run:
     # ------------------------------------------------------------------ stream
 
     def prepare(self) -> None:
+        if not NEEDS_STREAM & set(self.scenarios):
+            return
         s = self.size
-        self.input = f"bench-in-{self.tag}"
-        self.heavy_input = f"bench-heavy-{self.tag}"
         t0 = time.monotonic()
         self.stream = harness.generate(StreamSpec(s.users, s.messages), run_id=f"b{self.tag}")
-        heavy = harness.generate(
-            StreamSpec(s.users, s.messages + s.heavy_user_tx, s.heavy_user_tx), run_id=f"h{self.tag}"
-        )
-        asyncio.run(harness.create_topics([self.input, self.heavy_input]))
+        asyncio.run(harness.create_topics([self.input]))
         asyncio.run(harness.prefill(self.input, self.stream))
-        asyncio.run(harness.prefill(self.heavy_input, heavy))
-        self.heavy_count = len(heavy)
+        if "heavy" in self.scenarios:
+            heavy = harness.generate(
+                StreamSpec(s.users, s.messages + s.heavy_user_tx, s.heavy_user_tx), run_id=f"h{self.tag}"
+            )
+            asyncio.run(harness.create_topics([self.heavy_input]))
+            asyncio.run(harness.prefill(self.heavy_input, heavy))
+            self.heavy_count = len(heavy)
         self.log(
             f"pre-filled {len(self.stream):,} transactions of {s.users:,} users "
             f"(+{self.heavy_count:,} with a heavy user) in {time.monotonic() - t0:.1f}s"
@@ -156,11 +235,15 @@ class Run:
         # The limit counts from the process start, so a slow start-up shortens the measured part.
         progress = asyncio.run(harness.watch_output(output, expected, self.size.design_timeout_s, proc))
         rate = progress.rate()
+        first = progress.first_output_s()
+        last = progress.samples[-1][0] if progress.samples else None
         self.details[name] = {
             "records": progress.done,
             "expected": expected,
             "timed_out": progress.timed_out,
             "tx_s": rate,
+            "start_to_first_output_s": None if first is None else first - proc.started,
+            "overall_tx_s": None if last is None else progress.done / max(last - proc.started, 1e-9),
             "rss_mb": proc.rss_mb(),
         }
         if progress.timed_out:
@@ -171,22 +254,34 @@ class Run:
         self.log(f"{name}: {progress.done:,} records, {rate or 0:,.0f} tx/s")
         return rate
 
+    def catchup_worker(
+        self,
+        name: str,
+        app_id: str,
+        input_topic: str,
+        output: str,
+        expected: int,
+        guarantee: Guarantee,
+        port: int | None = None,
+    ) -> tuple[Proc, float | None]:
+        """One Velocity worker (new app id, empty data dir) catching up on ``input_topic``; left running."""
+        port = free_port() if port is None else port
+        env = harness.velocity_env(app_id, input_topic, output, self.work / name, port, guarantee)
+        proc = self.start(name, VELOCITY_WORKER, env)
+        return proc, self.measure(name, proc, output, expected)
+
     # ------------------------------------------------------------------ designs
 
     def velocity(self) -> None:
-        app_id = f"bench-velocity-{self.tag}"
-        self.velocity_app = app_id
-        self.velocity_out = f"bench-out-velocity-{self.tag}"
         self.velocity_port = free_port()
-        self.velocity_proc = self.start(
+        self.velocity_proc, self.throughput["velocity"] = self.catchup_worker(
             "velocity",
-            [FAUST, "-A", "app", "worker", "-l", "info"],
-            harness.velocity_env(
-                app_id, self.input, self.velocity_out, self.work / "velocity", self.velocity_port
-            ),
-        )
-        self.throughput["velocity"] = self.measure(
-            "velocity", self.velocity_proc, self.velocity_out, len(self.stream)
+            self.velocity_app,
+            self.input,
+            self.velocity_out,
+            len(self.stream),
+            "at_least_once",
+            self.velocity_port,
         )
 
     def faust_design(self, name: str, module: str) -> None:
@@ -303,73 +398,80 @@ class Run:
         return {"freshness_ms": fresh, "lookup_ms": lookup}
 
     def recovery(self) -> dict[str, Any]:
+        """Cold restart (empty data dir, the whole changelog), then warm (the first worker's data dir)."""
+        assert self.velocity_proc is not None, "recovery goes on from the velocity scenario"
         self.velocity_proc.stop()
-        port = free_port()
-        cold = self.start(
-            "velocity-cold",
-            [FAUST, "-A", "app", "worker", "-l", "info"],
-            harness.velocity_env(
-                self.velocity_app, self.input, self.velocity_out, self.work / "velocity-cold", port
-            ),
-        )
-        try:
-            stats = harness.wait_until(
-                lambda: (
-                    (s := harness.http_json(f"http://127.0.0.1:{port}/stats?scope=worker"))
-                    and s.get("startup_to_ready_s") is not None
-                    and s
-                ),
-                1800,
-                "the cold worker's /ready",
-                cold,
-            )
-            rss = cold.rss_mb()
-        finally:
-            cold.stop()
-        rec = stats.get("last_recovery") or {}
-        self.details["recovery"] = {"last_recovery": rec, "users": stats.get("users"), "rss_mb": rss}
+        changelog = asyncio.run(harness.changelog_records(self.velocity_app))
+        cold = self._restart("velocity-cold", self.work / "velocity-cold", RESTORE_TIMEOUT_S)
+        warm = self._restart("velocity-warm", self.work / "velocity", RESTORE_TIMEOUT_S)
+        rec = cold["last_recovery"] or {}
+        self.details["recovery"] = {
+            "changelog_records": changelog,
+            "last_recovery": rec,
+            "users": cold["users"],
+            "rss_mb": cold["rss_mb"],
+            "startup_to_ready_s": cold["startup_to_ready_s"],
+            "warm": warm,
+        }
         self.log(
-            f"recovery: {rec}, users {stats.get('users')}, ready after {stats['startup_to_ready_s']}s, "
-            f"RSS {rss} MB"
+            f"recovery: cold restored {rec.get('records')} of {changelog} changelog records "
+            f"({rec.get('records_per_s') or 0:,.0f} records/s), users {cold['users']}, "
+            f"ready after {cold['startup_to_ready_s']:.1f}s, RSS {cold['rss_mb']} MB; "
+            f"warm replayed {(warm['last_recovery'] or {}).get('records', 0)} records, "
+            f"ready after {warm['startup_to_ready_s']:.1f}s"
         )
         if self.size.users != 100_000:
             self.note(
-                f"recovery, time to ready and RSS are for {stats.get('users')} users (this size), "
+                f"recovery, time to ready and RSS are for {cold['users']} users (this size), "
                 f"not 100,000: run `make bench`"
             )
         return {
             "recovery_records_s": rec.get("records_per_s"),
-            "time_to_ready_s": stats["startup_to_ready_s"],
-            "rss_mb_100k_users": rss,
+            "time_to_ready_s": cold["startup_to_ready_s"],
+            "rss_mb_100k_users": cold["rss_mb"],
+        }
+
+    def _restart(self, name: str, datadir: Path, timeout: float) -> dict[str, Any]:
+        """The velocity scenario's app on ``datadir`` until its first /ready: what it restored, how fast."""
+        port = free_port()
+        env = harness.velocity_env(self.velocity_app, self.input, self.velocity_out, datadir, port)
+        proc = self.start(name, VELOCITY_WORKER, env)
+        try:
+            stats = harness.wait_started(port, proc, timeout)
+            rss = proc.rss_mb()
+        finally:
+            proc.stop()
+        return {
+            "last_recovery": stats.get("last_recovery"),
+            "users": stats.get("users"),
+            "startup_to_ready_s": stats["startup_to_ready_s"],
+            "rss_mb": rss,
         }
 
     def heavy(self) -> float | None:
-        output = f"bench-out-heavy-{self.tag}"
-        proc = self.start(
-            "velocity-heavy",
-            [FAUST, "-A", "app", "worker", "-l", "info"],
-            harness.velocity_env(
-                f"bench-heavy-{self.tag}", self.heavy_input, output, self.work / "heavy", free_port()
-            ),
+        proc, rate = self.catchup_worker(
+            "velocity_heavy_user",
+            f"bench-heavy-{self.tag}",
+            self.heavy_input,
+            f"bench-out-heavy-{self.tag}",
+            self.heavy_count,
+            "at_least_once",
         )
-        try:
-            rate = self.measure("velocity_heavy_user", proc, output, self.heavy_count)
-        finally:
-            proc.stop()
+        proc.stop()
         uniform = self.throughput["velocity"]
         return None if not rate or not uniform else rate / uniform
 
     def exactly_once(self) -> None:
         """Velocity's catch-up under PROCESSING_GUARANTEE=exactly_once, on the same stream."""
-        output = f"bench-out-eos-{self.tag}"
-        app_id = f"bench-eos-{self.tag}"
-        env = harness.velocity_env(app_id, self.input, output, self.work / "eos", free_port())
-        env["PROCESSING_GUARANTEE"] = "exactly_once"
-        proc = self.start("velocity-exactly-once", [FAUST, "-A", "app", "worker", "-l", "info"], env)
-        try:
-            rate = self.measure("velocity_exactly_once", proc, output, len(self.stream))
-        finally:
-            proc.stop()
+        proc, rate = self.catchup_worker(
+            "velocity_exactly_once",
+            f"bench-eos-{self.tag}",
+            self.input,
+            f"bench-out-eos-{self.tag}",
+            len(self.stream),
+            "exactly_once",
+        )
+        proc.stop()
         uniform = self.throughput["velocity"]
         if rate and uniform:
             self.details["velocity_exactly_once"]["vs_at_least_once"] = rate / uniform
@@ -378,14 +480,107 @@ class Run:
             "so its rate is slightly high"
         )
 
+    def catchup(self) -> None:
+        """One worker's catch-up with the chosen guarantee (the old bench/catchup.py)."""
+        guarantee = self.opts.guarantee
+        output = f"bench-out-catchup-{self.tag}"
+        proc, _ = self.catchup_worker(
+            "catchup", f"bench-catchup-{self.tag}", self.input, output, len(self.stream), guarantee
+        )
+        proc.stop()
+        figures = self.details["catchup"]
+        figures["guarantee"] = guarantee
+        figures["dead_letters"] = asyncio.run(harness.end_offsets_sum(f"{output}-dlq"))
+        self.log(f"catchup ({guarantee}): {figures}")
+        if guarantee == "exactly_once":
+            self.note(
+                "catchup: the output's end offsets include transaction markers, so its rate is slightly high"
+            )
+
+    def rolling_restart(self) -> None:
+        for membership in self.opts.membership:
+            self.details.setdefault("rolling_restart", {})[membership] = self._rolling(membership)
+
+    def _rolling(self, membership: Membership) -> dict[str, Any]:
+        """Two workers under steady traffic; restart one, then the other; the longest processing pause."""
+        tag = f"{membership}-{self.tag}"
+        app_id, input_topic, output = f"bench-roll-{tag}", f"bench-roll-in-{tag}", f"bench-roll-out-{tag}"
+        asyncio.run(harness.create_topics([input_topic, output]))
+        ports = [free_port(), free_port()]
+
+        def worker(i: int) -> Proc:
+            env = harness.velocity_env(app_id, input_topic, output, self.work / f"roll-{tag}-w{i}", ports[i])
+            if membership == "static":
+                env["CONSUMER_GROUP_INSTANCE_ID"] = f"bench-{tag}-w{i}"
+            return self.start(f"roll-{tag}-w{i}", VELOCITY_WORKER, env)
+
+        def all_ready() -> bool:
+            return all(harness.ready(port) for port in ports)
+
+        def flowing(since: dict[int, int]) -> Callable[[], bool]:
+            """True once every partition of the output has records past ``since`` (processing resumed)."""
+
+            def check() -> bool:
+                ends = asyncio.run(harness.end_offsets(output))
+                return len(ends) == PARTITIONS and all(n > since.get(p, 0) for p, n in ends.items())
+
+            return check
+
+        workers = [worker(0), worker(1)]
+        sim: Proc | None = None
+        restarts: list[dict[str, float]] = []
+        try:
+            harness.wait_until(all_ready, READY_TIMEOUT_S, "both workers' /ready", workers)
+            # Traffic with its own end: it stops by itself should this process die.
+            argv = [FAUST, "-A", "app", "simulate", "--rate", str(self.opts.rolling_rate)]
+            argv += ["--users", str(self.size.users), "--duration", "1800", "--progress-every", "600"]
+            sim_dir = self.work / f"roll-{tag}-sim"
+            sim_env = harness.velocity_env(app_id, input_topic, output, sim_dir, free_port())
+            sim = self.start(f"roll-{tag}-traffic", argv, sim_env)
+            harness.wait_until(flowing({}), READY_TIMEOUT_S, "records on every partition", [*workers, sim])
+            start_ms = int(time.time() * 1000)
+            for i in range(2):
+                t0 = time.monotonic()
+                workers[i].stop()
+                stopped = time.monotonic()
+                workers[i] = worker(i)  # the same data dir (and instance id): a warm restart
+                harness.wait_until(all_ready, READY_TIMEOUT_S, f"/ready after restarting worker {i}", workers)
+                ready = time.monotonic()
+                since = asyncio.run(harness.end_offsets(output))
+                what = f"records on every partition after restarting worker {i}"
+                harness.wait_until(flowing(since), READY_TIMEOUT_S, what, [*workers, sim])
+                restarts.append(
+                    {
+                        "stop_s": stopped - t0,
+                        "start_to_ready_s": ready - stopped,
+                        "ready_to_flowing_s": time.monotonic() - ready,
+                    }
+                )
+            end_ms = int(time.time() * 1000)
+        finally:
+            if sim is not None:
+                sim.stop()
+            for w in workers:
+                w.stop()
+        pause = asyncio.run(harness.longest_pause_s(output, start_ms, end_ms, timeout=300))
+        joins = sum(
+            (self.work / f"roll-{tag}-w{i}.log").read_text(errors="replace").count("Joined group")
+            for i in range(2)
+        )
+        figures = {**pause, "group_joins": joins, "rate_tx_s": self.opts.rolling_rate, "restarts": restarts}
+        self.log(f"rolling restart ({membership} membership): {figures}")
+        return figures
+
     def bindings(self) -> str:
-        from bench import rocksdb_bindings
+        from bench import rocksdb_env
 
         n = 20_000 if self.size.users >= 10_000 else 2_000
-        result = rocksdb_bindings.compare(n_users=n, n_ops=n * 3, restore_keys=min(100_000, n * 5))
+        result = rocksdb_env.compare(n_users=n, n_ops=n * 3, restore_keys=min(100_000, n * 5))
         self.details["rocksdb_bindings"] = result
         self.log(f"rocksdb bindings: {result}")
-        return str(result.get("faster", ""))
+        if "skipped" in result:
+            self.note(f"rocksdb_bindings: skipped: {result['skipped']}")
+        return str(result.get("faster") or "")
 
     # ------------------------------------------------------------------ all
 
@@ -401,31 +596,30 @@ class Run:
             "rocksdb_binding": "",
             "notes": self.notes,
         }
+        self.log(f"scenarios: {' '.join(self.scenarios)}")
         self.prepare()
-        steps: list[tuple[str, Any]] = [
-            ("velocity", self.velocity),
-            ("steady", lambda: out.update(self.steady())),
-            ("recovery", lambda: out.update(self.recovery())),
-            ("heavy", lambda: out.update(heavy_user_ratio=self.heavy())),
-            ("exactly_once", self.exactly_once),
-            ("faust_passthrough", lambda: self.faust_design("faust_passthrough", "faust_passthrough")),
-            ("seed_faust_hopping", lambda: self.faust_design("seed_faust_hopping", "faust_hopping")),
-            ("seed_redis", self.seed_redis),
-            ("quix_streams", self.quix),
-            ("aiokafka_raw_consume", self.raw),
-            ("rocksdb_bindings", lambda: out.update(rocksdb_binding=self.bindings())),
-        ]
-        needs_velocity = {"steady", "recovery", "heavy", "exactly_once"}
-        for name, step in steps:
-            if (
-                self.only
-                and name not in self.only
-                and not (name == "velocity" and needs_velocity & set(self.only))
-            ):
-                continue
+        steps: dict[str, Callable[[], object]] = {
+            "velocity": self.velocity,
+            "steady": lambda: out.update(self.steady()),
+            "recovery": lambda: out.update(self.recovery()),
+            "heavy": lambda: out.update(heavy_user_ratio=self.heavy()),
+            "exactly_once": self.exactly_once,
+            "catchup": self.catchup,
+            "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
+            "seed_faust_hopping": lambda: self.faust_design("seed_faust_hopping", "faust_hopping"),
+            "seed_redis": self.seed_redis,
+            "quix_streams": self.quix,
+            "aiokafka_raw_consume": self.raw,
+            "rolling_restart": self.rolling_restart,
+            "rocksdb_bindings": lambda: out.update(rocksdb_binding=self.bindings()),
+        }
+        assert list(steps) == list(SCENARIOS)
+        for name in self.scenarios:
+            if name not in ("velocity", "steady", "recovery") and self.velocity_proc is not None:
+                self.velocity_proc.stop()  # done with it: one process at a time
             self.log(f"--- {name}")
             try:
-                step()
+                steps[name]()
             except Exception as exc:  # noqa: BLE001 (one failed scenario must not lose the others' figures)
                 self.note(f"{name}: failed: {type(exc).__name__}: {exc}".splitlines()[0])
         out["details"] = self.details
@@ -433,6 +627,8 @@ class Run:
 
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The tables of the README's *Performance* section; a partial run (--only) shows only its rows."""
+    ran = set(meta["scenarios"])
     tp = result["throughput_tx_s"]
     base = tp.get("faust_passthrough")
     lines = [
@@ -441,13 +637,14 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['when']} on {meta['machine']}; command: `{meta['command']}`; "
         f"{meta['users']:,} users, {meta['messages']:,} transactions.",
         "",
-        "| design | tx/s | vs Faust pass-through |",
-        "|---|---:|---:|",
     ]
-    for name in DESIGNS:
-        v = tp.get(name)
-        ratio = f"{v / base:.2f}x" if v and base else "-"
-        lines.append(f"| {name} | {'-' if v is None else f'{v:,.0f}'} | {ratio} |")
+    if ran & set(DESIGNS):
+        lines += ["| design | tx/s | vs Faust pass-through |", "|---|---:|---:|"]
+        for name in DESIGNS:
+            v = tp.get(name)
+            ratio = f"{v / base:.2f}x" if v and base else "-"
+            lines.append(f"| {name} | {'-' if v is None else f'{v:,.0f}'} | {ratio} |")
+        lines.append("")
 
     def fmt(x: Any, unit: str = "") -> str:
         return "-" if x is None else (f"{x:,.1f}{unit}" if isinstance(x, float) else f"{x}{unit}")
@@ -461,29 +658,69 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     f, lk = result["freshness_ms"], result["lookup_ms"]
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
+    warm = details.get("recovery", {}).get("warm") or {}
+    replayed = (warm.get("last_recovery") or {}).get("records", 0) if warm else None
+    rolling = details.get("rolling_restart", {})
+    dynamic, static = rolling.get("dynamic", {}), rolling.get("static", {})
+    rolling_rate = dynamic.get("rate_tx_s") or static.get("rate_tx_s")
+    skipped = "skipped" in details.get("rocksdb_bindings", {})
+    catchup = details.get("catchup", {})
     half = details.get("steady_half_rate", {}).get("freshness_ms", {})
     half_lk = details.get("steady_half_rate", {}).get("lookup_ms", {})
-    lines += [
-        "",
-        "| figure | value |",
-        "|---|---:|",
-        f"| freshness at {f['rate_tx_s']:,.0f} tx/s, p50 / p99 | "
-        f"{fmt(f['p50'], ' ms')} / {fmt(f['p99'], ' ms')} |",
-        f"| lookup at {lk['rps']:,.0f} req/s under ingest, p50 / p99 | "
-        f"{fmt(lk['p50'], ' ms')} / {fmt(lk['p99'], ' ms')} |",
-        f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: freshness p50 / p99 | "
-        f"{fmt(half.get('p50'), ' ms')} / {fmt(half.get('p99'), ' ms')} |",
-        f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: lookup p50 / p99 | "
-        f"{fmt(half_lk.get('p50'), ' ms')} / {fmt(half_lk.get('p99'), ' ms')} |",
-        f"| table recovery | {fmt_int(result['recovery_records_s'], ' records/s')} |",
-        f"| process start to /ready (cold) | {fmt(result['time_to_ready_s'], ' s')} |",
-        f"| worker RSS with the users in state | {fmt(result['rss_mb_100k_users'], ' MB')} |",
-        f"| heavy-user ratio | {fmt_ratio(result['heavy_user_ratio'])} |",
-        f"| Velocity exactly-once catch-up | {fmt_int(eos.get('tx_s'), ' tx/s')} "
-        f"({fmt_ratio(eos.get('vs_at_least_once'))} of at-least-once) |",
-        f"| faster RocksDB binding | {result['rocksdb_binding'] or '-'} |",
-        "",
+    rows = [  # (scenario, row)
+        (
+            "steady",
+            f"| freshness at {f['rate_tx_s']:,.0f} tx/s, p50 / p99 | "
+            f"{fmt(f['p50'], ' ms')} / {fmt(f['p99'], ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| lookup at {lk['rps']:,.0f} req/s under ingest, p50 / p99 | "
+            f"{fmt(lk['p50'], ' ms')} / {fmt(lk['p99'], ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: freshness p50 / p99 | "
+            f"{fmt(half.get('p50'), ' ms')} / {fmt(half.get('p99'), ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: lookup p50 / p99 | "
+            f"{fmt(half_lk.get('p50'), ' ms')} / {fmt(half_lk.get('p99'), ' ms')} |",
+        ),
+        ("recovery", f"| table recovery | {fmt_int(result['recovery_records_s'], ' records/s')} |"),
+        ("recovery", f"| process start to /ready (cold) | {fmt(result['time_to_ready_s'], ' s')} |"),
+        (
+            "recovery",
+            f"| process start to /ready (warm: old data dir) | {fmt(warm.get('startup_to_ready_s'), ' s')} "
+            f"({fmt_int(replayed)} records replayed) |",
+        ),
+        ("recovery", f"| worker RSS with the users in state | {fmt(result['rss_mb_100k_users'], ' MB')} |"),
+        ("heavy", f"| heavy-user ratio | {fmt_ratio(result['heavy_user_ratio'])} |"),
+        (
+            "exactly_once",
+            f"| Velocity exactly-once catch-up | {fmt_int(eos.get('tx_s'), ' tx/s')} "
+            f"({fmt_ratio(eos.get('vs_at_least_once'))} of at-least-once) |",
+        ),
+        (
+            "catchup",
+            f"| Velocity catch-up, {catchup.get('guarantee', '-')} | {fmt_int(catchup.get('tx_s'), ' tx/s')} "
+            f"({fmt(catchup.get('start_to_first_output_s'), ' s')} from start to the first record) |",
+        ),
+        (
+            "rolling_restart",
+            f"| rolling restart of 2 workers at {fmt_int(rolling_rate)} "
+            f"tx/s: longest pause, dynamic / static membership | "
+            f"{fmt(dynamic.get('longest_pause_s'), ' s')} / {fmt(static.get('longest_pause_s'), ' s')} |",
+        ),
+        (
+            "rocksdb_bindings",
+            f"| faster RocksDB binding | {result['rocksdb_binding'] or ('skipped' if skipped else '-')} |",
+        ),
     ]
+    figures = [row for scenario, row in rows if scenario in ran]
+    if figures:
+        lines += ["| figure | value |", "|---|---:|", *figures, ""]
     if result["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
     return "\n".join(lines)
@@ -515,26 +752,72 @@ def chart(result: dict[str, Any], path: Path, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="quick")
+    ap.add_argument("--users", type=int, help="users in the pre-filled stream (default: the size's)")
+    ap.add_argument(
+        "--messages", type=int, help="transactions in the pre-filled stream (default: the size's)"
+    )
     ap.add_argument("--rate", type=float, default=2000.0, help="steady transactions/s (freshness)")
     ap.add_argument("--rps", type=float, default=200.0, help="lookups/s while ingesting")
-    ap.add_argument("--only", nargs="*", default=[], help="scenario names to run (default: all)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        choices=list(SCENARIOS),
+        metavar="NAME",
+        help="scenarios to run (default: all but catchup and rolling_restart): "
+        + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items()),
+    )
+    ap.add_argument(
+        "--guarantee",
+        choices=get_args(Guarantee),
+        default="at_least_once",
+        help="PROCESSING_GUARANTEE of the catchup scenario",
+    )
+    ap.add_argument(
+        "--rolling-rate", type=float, default=200.0, help="transactions/s during the rolling restart"
+    )
+    ap.add_argument(
+        "--membership",
+        nargs="+",
+        choices=get_args(Membership),
+        default=list(get_args(Membership)),
+        help="group membership modes of the rolling restart",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = ap.parse_args()
 
     size = SIZES[args.size]
+    size = dataclasses.replace(
+        size,
+        users=args.users if args.users is not None else size.users,
+        messages=args.messages if args.messages is not None else size.messages,
+    )
+    opts = Options(
+        rate=args.rate,
+        rps=args.rps,
+        only=tuple(args.only),
+        guarantee=args.guarantee,
+        rolling_rate=args.rolling_rate,
+        membership=tuple(args.membership),
+    )
     work = Path(tempfile.mkdtemp(prefix="velocity-bench-"))
-    run = Run(size, work, args.rate, args.rps, args.only)
+    run = Run(size, work, opts)
     started = time.time()
     try:
         result = run.run()
     finally:
         run.stop_all()
+    make_target: dict[tuple[str, ...], str] = {
+        ("--size", "full"): "make bench",
+        ("--size", "quick"): "make bench-quick",
+    }
     meta = {
         "size": args.size,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
-        "command": "make bench" if args.size == "full" else f"make bench-{args.size}",
+        "command": make_target.get(tuple(sys.argv[1:]), "python -m bench.run " + shlex.join(sys.argv[1:])),
+        "scenarios": run.scenarios,
         "users": size.users,
         "messages": size.messages,
         "seconds": round(time.time() - started, 1),
@@ -554,8 +837,6 @@ def main() -> None:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 

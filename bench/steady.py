@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.harness import bootstrap
 
+ASSIGNMENT_TIMEOUT_S = 60.0
+
 
 @dataclass
 class SteadyResult:
@@ -68,7 +70,12 @@ async def run_steady(
     await producer.start()
     await consumer.start()
     # Subscribe and settle on the end of the output before sending anything.
+    deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
     while not consumer.assignment():
+        if time.monotonic() > deadline:
+            await producer.stop()
+            await consumer.stop()
+            raise TimeoutError(f"no partition of {output_topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
         await consumer.getmany(timeout_ms=200)
     for tp in consumer.assignment():
         await consumer.position(tp)

@@ -1,14 +1,8 @@
-"""Typed records (faust.Record) and validation at the edge of the system."""
+"""Records at the edge of the system.
 
-from records.exceptions import DecodeError, RejectedMessage, ValidationError
-from records.transaction import DeadLetter, Transaction, UserFeatures, parse_transaction
+* ``records.errors`` -- the one error root and the dead-letter error types;
+* ``records.transaction`` -- raw bytes -> a validated :class:`Transaction` (pure);
+* ``records.schema`` -- the published Faust records (``UserFeatures``, ``DeadLetter``).
 
-__all__ = [
-    "DeadLetter",
-    "DecodeError",
-    "RejectedMessage",
-    "Transaction",
-    "UserFeatures",
-    "ValidationError",
-    "parse_transaction",
-]
+Importing this package imports none of them (and nothing of Faust).
+"""

@@ -1,67 +1,60 @@
-"""Typed records and the one place where raw bytes become a ``Transaction``."""
+"""The one place where raw bytes become a :class:`Transaction` (SPEC 3). Pure: no Faust, no Kafka."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
-import faust
 import orjson
 
-from records.exceptions import DecodeError, ValidationError
+from records.errors import DecodeError, ValidationError
 
 MAX_ID_CHARS = 128
 MAX_CATEGORY_CHARS = 64
 MAX_AMOUNT = 1e12
 
 
-class Transaction(faust.Record, serializer="orjson"):
-    """A validated card transaction (SPEC 3), defaults already applied."""
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A validated card transaction (SPEC 3), defaults already applied.
+
+    The one transaction type of the core: validation builds it, the window
+    keeps it, the re-keying hop carries it.
+    """
 
     transaction_id: str
     user_id: str
     amount: float
     merchant_id: str
     merchant_category: str
-    timestamp: float
+    timestamp: float  # event time, epoch seconds
     is_online: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "user_id": self.user_id,
+            "amount": self.amount,
+            "merchant_id": self.merchant_id,
+            "merchant_category": self.merchant_category,
+            "timestamp": self.timestamp,
+            "is_online": self.is_online,
+        }
 
-class UserFeatures(faust.Record, serializer="orjson"):
-    """The feature record published to ``ml-features`` (SPEC 4, 5)."""
-
-    user_id: str
-    transaction_id: str | None
-    event_time: float | None
-    tx_count_1h: int
-    tx_count_24h: int
-    total_amount_1h: float
-    total_amount_24h: float
-    avg_amount_1h: float
-    avg_amount_24h: float
-    max_amount_24h: float
-    unique_merchants_1h: int
-    unique_merchants_24h: int
-    seconds_since_last_tx: float | None
-    amount_zscore_24h: float | None
-    current_amount: float | None
-    is_online: bool | None
-    merchant_category: str | None
-    computed_at: float
-
-
-class DeadLetter(faust.Record, serializer="orjson"):
-    """A message that could not be accepted (SPEC 6)."""
-
-    original_topic: str
-    original_partition: int
-    original_offset: int
-    original_key: str | None
-    error_type: str
-    error_message: str
-    failed_at: str
-    raw_value: str
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Transaction:
+        """The inverse of :meth:`to_dict` (for a transaction validated before)."""
+        return cls(
+            transaction_id=str(fields["transaction_id"]),
+            user_id=str(fields["user_id"]),
+            amount=float(fields["amount"]),
+            merchant_id=str(fields["merchant_id"]),
+            merchant_category=str(fields["merchant_category"]),
+            timestamp=float(fields["timestamp"]),
+            is_online=bool(fields["is_online"]),
+        )
 
 
 def _reject_constant(name: str) -> Any:
@@ -199,28 +192,3 @@ def validate_transaction(obj: dict[str, Any], now_s: float, max_clock_skew_s: fl
 def parse_transaction(raw: bytes | None, now_s: float, max_clock_skew_s: float) -> Transaction:
     """Raw message value -> :class:`Transaction`, or a :class:`RejectedMessage`."""
     return validate_transaction(decode_json_object(raw), now_s, max_clock_skew_s)
-
-
-def dead_letter_value(
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    error_type: str,
-    error_message: str,
-    failed_at: str,
-    raw_value: bytes | None,
-) -> bytes:
-    """The SPEC 6 dead-letter JSON for one rejected message."""
-    letter = DeadLetter(
-        original_topic=topic,
-        original_partition=partition,
-        original_offset=offset,
-        original_key=None if key is None else key.decode("utf-8", "replace"),
-        error_type=error_type,
-        error_message=error_message,
-        failed_at=failed_at,
-        raw_value="" if raw_value is None else raw_value.decode("utf-8", "replace"),
-    )
-    return orjson.dumps(letter.asdict())

@@ -2,8 +2,8 @@
 
 Faust restores a changelog one event at a time (a queue, a task per get,
 per-event bookkeeping): a few thousand records/s. Before Faust looks at where
-to start (``app/faust_fixes.py`` calls :func:`bulk_restore` from
-``Recovery._build_offsets``), this reads each active changelog partition
+to start (``app.on_before_active_restore``, sent by ``app/faust_ext.py``'s
+``Recovery``), this reads each active changelog partition
 from the offset the local RocksDB already has up to the high watermark
 Faust just measured, with a plain consumer (large fetches,
 ``read_committed`` under exactly_once), and writes RocksDB write batches,
@@ -24,11 +24,10 @@ from typing import Any
 import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.faust_fixes import before_active_restore
-from app.health import health
+from app.faust_ext import connect, partition_db, persisted_offset, set_persisted_offset, uses_rocksdict
 from app.kafka_admin import bootstrap_servers
-from app.main import settings
-from tables.store import user_state
+from app.main import app, settings
+from tables.user_state import user_state
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,16 @@ MIN_RECORDS = 1000
 FETCH_RECORDS = 20_000
 
 
-async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
-    store = user_state.data
-    if not getattr(store, "use_rocksdict", False):
-        return  # memory store (unit tests) or another binding: leave it to Faust
+async def bulk_restore(sender: Any, tps: set[Any], highwaters: Mapping[Any, int], **kwargs: Any) -> None:
+    if not uses_rocksdict(user_state):
+        return  # memory store (unit tests): leave it to Faust
     changelog = user_state.changelog_topic.get_topic_name()
     todo: dict[TopicPartition, tuple[int, int]] = {}
     for tp in tps:
         if tp.topic != changelog:
             continue
         last = highwaters.get(tp)  # offset of the last record (Faust's "highwater" is end - 1)
-        persisted = store.persisted_offset(tp)
+        persisted = persisted_offset(user_state, tp)
         start = 0 if persisted is None else persisted + 1
         if last is not None and last + 1 - start >= MIN_RECORDS:
             todo[TopicPartition(tp.topic, tp.partition)] = (start, last + 1)
@@ -82,8 +80,8 @@ async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
                         batch.delete(r.key)
                     else:
                         batch.put(r.key, r.value)
-                store._db_for_partition(tp.partition).write(batch)
-                store.set_persisted_offset(tp, records[-1].offset)
+                partition_db(user_state, tp.partition).write(batch)
+                set_persisted_offset(user_state, tp, records[-1].offset)
                 applied += len(records)
             for tp in list(pending):
                 # Transaction markers and compacted gaps take offsets too: done by position.
@@ -92,7 +90,7 @@ async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
     finally:
         await consumer.stop()
     seconds = time.monotonic() - started
-    health.on_bulk_restore(applied, started)
+    app.metrics.on_bulk_restore(applied, started)
     log.info(
         "bulk restore: %d changelog records for %d partitions in %.2fs (%.0f records/s)",
         applied,
@@ -102,4 +100,4 @@ async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
     )
 
 
-before_active_restore.append(bulk_restore)
+connect(app.on_before_active_restore, bulk_restore)

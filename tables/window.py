@@ -46,6 +46,9 @@ from typing import Any, Literal
 
 import orjson
 
+from records.errors import StateCorruptError
+from records.transaction import Transaction
+
 WINDOW_1H_S = 3600.0
 WINDOW_24H_S = 86400.0
 STATE_FORMAT_VERSION = 1
@@ -60,37 +63,25 @@ _BIG_FROM = 64
 _BIG_UNTIL = 16
 
 
-class StateCorruptError(ValueError):
-    """A stored head or chunk could not be decoded."""
+def _row(txn: Transaction, seq: int) -> list[Any]:
+    """How a transaction is stored in a head's tail or a chunk (``seq``: acceptance order)."""
+    return [
+        txn.transaction_id,
+        txn.timestamp,
+        txn.amount,
+        txn.merchant_id,
+        txn.merchant_category,
+        txn.is_online,
+        seq,
+    ]
 
 
-@dataclass(frozen=True, slots=True)
-class Txn:
-    """One accepted transaction, as the window keeps it."""
-
-    transaction_id: str
-    event_ts_s: float
-    amount: float
-    merchant_id: str
-    merchant_category: str
-    is_online: bool
-    seq: int = 0  # acceptance order within the user, set by the window
-
-    def row(self) -> list[Any]:
-        return [
-            self.transaction_id,
-            self.event_ts_s,
-            self.amount,
-            self.merchant_id,
-            self.merchant_category,
-            self.is_online,
-            self.seq,
-        ]
-
-    @classmethod
-    def from_row(cls, row: list[Any]) -> Txn:
-        txid, ts, amount, merchant, category, online, seq = row
-        return cls(str(txid), float(ts), float(amount), str(merchant), str(category), bool(online), int(seq))
+def _from_row(user_id: str, row: list[Any]) -> tuple[int, Transaction]:
+    txid, ts, amount, merchant, category, online, seq = row
+    txn = Transaction(
+        str(txid), user_id, float(amount), str(merchant), str(category), float(ts), bool(online)
+    )
+    return int(seq), txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +145,7 @@ class UserWindow:
         self.next_seq = 0
         self.next_chunk = 0
         self.chunks: dict[int, float] = {}  # chunk no -> max timestamp in it
-        self.tail: list[Txn] = []  # accepted since the last seal, acceptance order
+        self.tail: list[Transaction] = []  # accepted since the last seal, acceptance order
         # Caches: t.row() of each tail entry, the smallest timestamp in the tail,
         # the chunk index as stored and the smallest max timestamp of a chunk.
         self._tail_rows: list[list[Any]] = []
@@ -167,8 +158,8 @@ class UserWindow:
         self._ts: list[float] = []
         self._amounts: list[float] = []
         self._merchants: list[str] = []
-        self._txns: list[Txn] = []
-        self._by_id: dict[str, Txn] = {}
+        self._txns: list[Transaction] = []
+        self._by_id: dict[str, Transaction] = {}
         # Exact prefix sums, one entry longer than _ts: _sums[j] - _sums[i] is the
         # sum of the amounts of entries i..j-1 times 2**_exp, _sq_sums the same
         # for their squares times 2**(2 * _exp). Only differences are meaningful.
@@ -190,7 +181,7 @@ class UserWindow:
         return len(self._txns) - self._start
 
     @property
-    def retained(self) -> list[Txn]:
+    def retained(self) -> list[Transaction]:
         return self._txns[self._start :]
 
     def retention_floor_s(self) -> float:
@@ -214,38 +205,38 @@ class UserWindow:
         return _difference(self.latest_ts_s, self.lateness_s, round_up=True)
 
     # ---------------------------------------------------------------- updates
-    def apply(self, txn: Txn, computed_at_s: float) -> Outcome:
+    def apply(self, txn: Transaction, computed_at_s: float) -> Outcome:
         """Process one validated transaction (SPEC 4: duplicates, lateness, accept)."""
         known = self._by_id.get(txn.transaction_id)
         floor = self.lateness_floor_s()
         if known is not None:
             assert floor is not None
-            if known.event_ts_s >= floor:
+            if known.timestamp >= floor:
                 return Outcome("duplicate", self.features_for(known, computed_at_s), ())
             return Outcome(
                 "late",
                 None,
                 (),
                 f"timestamp: duplicate of transaction_id {txn.transaction_id!r} at "
-                f"{known.event_ts_s!r}, older than the lateness floor {floor!r} (M - ALLOWED_LATENESS_S)",
+                f"{known.timestamp!r}, older than the lateness floor {floor!r} (M - ALLOWED_LATENESS_S)",
             )
-        if floor is not None and txn.event_ts_s < floor:
+        if floor is not None and txn.timestamp < floor:
             return Outcome(
                 "late",
                 None,
                 (),
-                f"timestamp: {txn.event_ts_s!r} is older than the lateness floor {floor!r} "
+                f"timestamp: {txn.timestamp!r} is older than the lateness floor {floor!r} "
                 f"(latest {self.latest_ts_s!r} - ALLOWED_LATENESS_S {self.lateness_s!r})",
             )
-        accepted = _with_seq(txn, self.next_seq)
+        accepted = txn
+        self._tail_rows.append(_row(accepted, self.next_seq))
         self.next_seq += 1
         previous = self.latest_ts_s
-        if previous is None or accepted.event_ts_s > previous:
-            self.latest_ts_s = accepted.event_ts_s
+        if previous is None or accepted.timestamp > previous:
+            self.latest_ts_s = accepted.timestamp
         self._insert(accepted, previous)
         self.tail.append(accepted)
-        self._tail_rows.append(accepted.row())
-        self._tail_min_ts = min(self._tail_min_ts, accepted.event_ts_s)
+        self._tail_min_ts = min(self._tail_min_ts, accepted.timestamp)
         writes = self._evict()
         size = len(self._txns) - self._start
         if size >= _BIG_FROM if not self._big else size < _BIG_UNTIL:
@@ -255,10 +246,10 @@ class UserWindow:
         writes.append(StateWrite(None, self.encode_head()))
         return Outcome("accepted", self.features_for(accepted, computed_at_s), tuple(writes))
 
-    def _insert(self, txn: Txn, previous_m: float | None) -> None:
+    def _insert(self, txn: Transaction, previous_m: float | None) -> None:
         """Add ``txn`` (``latest_ts_s`` already includes it; it was ``previous_m``)."""
         # bisect_right on ts puts it after equal timestamps: accepted last.
-        ts = txn.event_ts_s
+        ts = txn.timestamp
         amount = txn.amount
         i = bisect_right(self._ts, ts, self._start)
         self._ts.insert(i, ts)
@@ -375,7 +366,7 @@ class UserWindow:
         if end == start:
             return writes
         gone = self._txns[start:end]
-        self.evicted_ts_s = max(self.evicted_ts_s or gone[-1].event_ts_s, gone[-1].event_ts_s)
+        self.evicted_ts_s = max(self.evicted_ts_s or gone[-1].timestamp, gone[-1].timestamp)
         for t in gone:
             # An id may have been re-used by a later, retained transaction.
             if self._by_id.get(t.transaction_id) is t:
@@ -391,10 +382,10 @@ class UserWindow:
             k = bisect_right(self._max_ts, floor)
             del self._max_ts[:k], self._max_amounts[:k]
         if self._tail_min_ts <= floor:
-            kept = [(t, r) for t, r in zip(self.tail, self._tail_rows, strict=True) if t.event_ts_s > floor]
+            kept = [(t, r) for t, r in zip(self.tail, self._tail_rows, strict=True) if t.timestamp > floor]
             self.tail = [t for t, _ in kept]
             self._tail_rows = [r for _, r in kept]
-            self._tail_min_ts = min([t.event_ts_s for t in self.tail], default=math.inf)
+            self._tail_min_ts = min([t.timestamp for t in self.tail], default=math.inf)
         # A chunk's latest transaction is evicted in the call that makes the chunk
         # evictable, so with nothing evicted (the early return) no chunk is.
         if self._chunks_min_ts <= floor:
@@ -411,7 +402,7 @@ class UserWindow:
     def _seal(self) -> StateWrite:
         no = self.next_chunk
         self.next_chunk += 1
-        self.chunks[no] = max(t.event_ts_s for t in self.tail)
+        self.chunks[no] = max(t.timestamp for t in self.tail)
         value = orjson.dumps(self._tail_rows)
         self.tail = []
         self._tail_rows = []
@@ -420,9 +411,9 @@ class UserWindow:
         return StateWrite(no, value)
 
     # --------------------------------------------------------------- features
-    def features_for(self, x: Txn, computed_at_s: float) -> dict[str, Any]:
+    def features_for(self, x: Transaction, computed_at_s: float) -> dict[str, Any]:
         """The record of retained transaction ``x``, evaluated at ``T = x.timestamp``."""
-        record = self._window_fields(x.event_ts_s, x)
+        record = self._window_fields(x.timestamp, x)
         record.update(self._x_fields(x))
         record["computed_at"] = computed_at_s
         return record
@@ -452,27 +443,27 @@ class UserWindow:
         record["computed_at"] = computed_at_s
         return record
 
-    def _x_fields(self, x: Txn) -> dict[str, Any]:
+    def _x_fields(self, x: Transaction) -> dict[str, Any]:
         return {
             "transaction_id": x.transaction_id,
-            "event_time": x.event_ts_s,
+            "event_time": x.timestamp,
             "current_amount": x.amount,
             "is_online": x.is_online,
             "merchant_category": x.merchant_category,
             "seconds_since_last_tx": self._seconds_since_previous(x),
         }
 
-    def _seconds_since_previous(self, x: Txn) -> float | None:
+    def _seconds_since_previous(self, x: Transaction) -> float | None:
         # Entries with ts <= x.ts are [start, hi); x is one of them. If any other
         # has x's timestamp the answer is 0, else it is the one just before.
-        hi = bisect_right(self._ts, x.event_ts_s, self._start)
+        hi = bisect_right(self._ts, x.timestamp, self._start)
         if hi - self._start >= 2:
-            return x.event_ts_s - self._ts[hi - 2] if self._txns[hi - 1] is x else 0.0
+            return x.timestamp - self._ts[hi - 2] if self._txns[hi - 1] is x else 0.0
         if self.evicted_ts_s is not None:
-            return x.event_ts_s - self.evicted_ts_s
+            return x.timestamp - self.evicted_ts_s
         return None
 
-    def _window_fields(self, t: float, x: Txn | None) -> dict[str, Any]:
+    def _window_fields(self, t: float, x: Transaction | None) -> dict[str, Any]:
         ts = self._ts
         start = self._start
         hi = bisect_right(ts, t, start)
@@ -550,29 +541,30 @@ class UserWindow:
             w.next_seq = int(h["next_seq"])
             w.next_chunk = int(h["next_chunk"])
             w.chunks = {int(no): float(max_ts) for no, max_ts in h["chunks"]}
-            w.tail = [Txn.from_row(r) for r in h["tail"]]
-            rows: list[Txn] = []
+            decoded = [_from_row(user_id, r) for r in h["tail"]]
+            w.tail = [t for _, t in decoded]
+            tail_rows = [_row(t, seq) for seq, t in decoded]
             for no in w.chunks:
                 blob = chunks.get(no)
                 if blob is None:
                     raise StateCorruptError(f"chunk {no} of user {user_id!r} is missing")
-                rows.extend(Txn.from_row(r) for r in orjson.loads(blob))
+                decoded.extend(_from_row(user_id, r) for r in orjson.loads(blob))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, StateCorruptError):
                 raise
             raise StateCorruptError(f"state of user {user_id!r} cannot be decoded: {exc}") from exc
-        rows.extend(w.tail)
         if w.latest_ts_s is not None:
             floor = w.retention_floor_s()
-            rows = [t for t in rows if t.event_ts_s > floor]
-        rows.sort(key=lambda t: (t.event_ts_s, t.seq))
+            decoded = [(seq, t) for seq, t in decoded if t.timestamp > floor]
+        decoded.sort(key=lambda st: (st[1].timestamp, st[0]))
+        rows = [t for _, t in decoded]
         w._txns = rows
-        w._ts = [t.event_ts_s for t in rows]
+        w._ts = [t.timestamp for t in rows]
         w._amounts = [t.amount for t in rows]
         w._merchants = [t.merchant_id for t in rows]
         w._by_id = {t.transaction_id: t for t in rows}  # later seq wins
-        w._tail_rows = [t.row() for t in w.tail]
-        w._tail_min_ts = min([t.event_ts_s for t in w.tail], default=math.inf)
+        w._tail_rows = tail_rows
+        w._tail_min_ts = min([t.timestamp for t in w.tail], default=math.inf)
         w._chunks_changed()
         w._build_sums()
         if len(rows) >= _BIG_FROM:
@@ -586,18 +578,6 @@ class UserWindow:
             return [int(no) for no, _ in orjson.loads(head)["chunks"]]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StateCorruptError(f"head cannot be decoded: {exc}") from exc
-
-
-def _with_seq(txn: Txn, seq: int) -> Txn:
-    return Txn(
-        txn.transaction_id,
-        txn.event_ts_s,
-        txn.amount,
-        txn.merchant_id,
-        txn.merchant_category,
-        txn.is_online,
-        seq,
-    )
 
 
 def _difference(minuend: float, *subtrahends: float, round_up: bool) -> float:

@@ -98,10 +98,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
+from faust.types import FieldDescriptorT
 
 BOOTSTRAP = os.environ.get("BENCH_BOOTSTRAP", "localhost:9092")
 INPUT = os.environ.get("BENCH_INPUT", "bench-input")
@@ -165,7 +166,8 @@ def _windowed(name: str, default: Any, size: float, step: float, help: str) -> A
     return (
         app.Table(name, default=default, partitions=PARTITIONS, help=help)
         .hopping(size, step, expires=DAY + ALLOWED_LATENESS_S + step)
-        .relative_to_field(Transaction.timestamp)
+        # A Record's class attribute is its field descriptor (typed as the field's value).
+        .relative_to_field(cast(FieldDescriptorT[Any], Transaction.timestamp))
     )
 
 

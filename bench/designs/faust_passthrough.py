@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import faust
 import orjson
@@ -68,13 +69,18 @@ app = faust.App(
     broker_max_poll_records=5000,
 )
 
-_raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+_raw: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 input_topic = app.topic(INPUT, partitions=PARTITIONS, **_raw)
 output_topic = app.topic(OUTPUT, partitions=PARTITIONS, **_raw)
 
 
 @app.agent(input_topic)
-async def passthrough(stream: faust.StreamT) -> None:
+async def passthrough(stream: faust.StreamT[bytes]) -> None:
     # The broker does not auto-create topics: make sure the output exists
     # (a no-op when the harness created it) before the first record.
     await output_topic.maybe_declare()

@@ -13,7 +13,7 @@ import pytest
 
 from agents import features
 from app.main import dlq_topic, features_topic, rekey_topic
-from tables.store import changelog_topic_name
+from tables.user_state import changelog_topic_name, windows
 
 NOW = time.time()
 
@@ -50,7 +50,7 @@ class Sent:
 @pytest.fixture
 async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     sent = Sent()
-    features.store.clear_cache()
+    windows.clear_cache()
     with patch.object(features, "send", sent.send):
         async with features.compute_features.test_context() as wrapped:
             yield wrapped, sent
@@ -109,7 +109,7 @@ async def test_unexpected_failure_is_a_processing_error_not_a_crash(agent: tuple
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    with patch.object(features.store, "save", boom):
+    with patch.object(windows, "save", boom):
         await wrapped.put(tx("t1", user="dave"), key=b"dave", partition=0)
     await wrapped.put(tx("t2", user="dave"), key=b"dave", partition=0)
     ((_, letter, _),) = sent.by_topic["dlq"]

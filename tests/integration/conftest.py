@@ -244,6 +244,7 @@ class TopicReader:
         self.isolation_level = isolation_level
         self.bootstrap = bootstrap
         self.messages: list[tuple[bytes | None, dict[str, Any], int]] = []
+        self.raw_values: list[bytes] = []  # the same messages' values as received
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
@@ -280,6 +281,7 @@ class TopicReader:
             for records in batch.values():
                 for r in records:
                     self.messages.append((r.key, json.loads(r.value), r.partition))
+                    self.raw_values.append(r.value)
         return self.messages
 
     async def until_end(self, timeout_s: float) -> list[tuple[bytes | None, dict[str, Any], int]]:
@@ -300,6 +302,7 @@ class TopicReader:
             for records in batch.values():
                 for r in records:
                     self.messages.append((r.key, json.loads(r.value), r.partition))
+                    self.raw_values.append(r.value)
 
 
 @pytest.fixture

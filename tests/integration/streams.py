@@ -21,7 +21,7 @@ D = 86400.0
 
 
 def owner_partition(user_id: str, partitions: int) -> int:
-    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import urllib.parse
@@ -58,6 +59,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         b.run("stop")
 
 
+def answered(worker: Worker, user: str) -> tuple[int, dict[str, str], Any] | None:
+    """The worker's answer for the user, unless it is a 503 (rebalancing)."""
+    answer = worker.get("/features/" + urllib.parse.quote(user))
+    return None if answer[0] == 503 else answer
+
+
 async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn: Any) -> None:
     tag = os.urandom(4).hex()
     names = {
@@ -106,7 +113,7 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
         want_status, want = oracle.lookup(user)
         for w in workers:
             status, _, body = wait_for(
-                lambda w=w, user=user: (r := w.get("/features/" + urllib.parse.quote(user)))[0] != 503 and r,
+                functools.partial(answered, w, user),
                 60,
                 "an answer that is not 503",
             )

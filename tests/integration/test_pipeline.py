@@ -8,8 +8,11 @@ import urllib.parse
 from collections import Counter, defaultdict
 from typing import Any
 
+import faust
 import pytest
+from faust.types import Message
 
+from records.schema import UserFeatures
 from tests.integration.conftest import TopicReader, Topics, Worker, produce
 from tests.integration.streams import D, H, Stream, crafted_user, invalid_messages, random_user
 from tests.oracle import Oracle, assert_record_matches
@@ -82,6 +85,14 @@ async def test_stream_matches_the_oracle_record_by_record(
     letters = await dlq.until(
         lambda ms: len(ms) >= len(want_letters), 60, f"{len(want_letters)} dead letters"
     )
+
+    # Every published record is a UserFeatures, as a downstream Faust app reads it.
+    downstream = faust.App("velocity-downstream-test", autodiscover=False)
+    schema = downstream.topic(topics.features, key_type=bytes, value_type=UserFeatures).schema
+    for offset, ((key, value, partition), raw) in enumerate(zip(got, features.raw_values, strict=True)):
+        message = Message(topics.features, partition, offset, 0.0, 0, [], key, raw, None)
+        record = schema.loads_value(downstream, message)
+        assert isinstance(record, UserFeatures) and record.asdict() == value
 
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for key, value, _ in got:

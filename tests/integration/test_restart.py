@@ -69,7 +69,7 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     # was written after the offsets its RocksDB had applied (b's writes while it was down, plus the
     # little its standby copies had not yet applied when it stopped).
     changelog = f"{a.env['APP_ID']}-user-state-changelog"
-    full = changelog_records(changelog, again.ready_body()["partitions"])  # type: ignore[index]
+    full = changelog_records(changelog, again.ready_body()["partitions"])
     print(f"warm restart: replayed {replayed} changelog records of {full} (delta written: {len(second)})")
     assert replayed < full
 
@@ -82,10 +82,47 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     cold_restored = wait_for(lambda: (s := stats(cold))["startup_to_ready_s"] is not None and s, 60, "ready")[
         "last_recovery"
     ]
-    cold_full = changelog_records(changelog, cold.ready_body()["partitions"])  # type: ignore[index]
+    cold_full = changelog_records(changelog, cold.ready_body()["partitions"])
     print(f"cold start: {cold_restored}; changelog of its partitions: {cold_full}")
     assert cold_restored is not None and cold_restored["records"] == cold_full
 
+    check(stream, [cold])
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_cold_restart_restores_every_user(topics: Topics, spawn: Any, guarantee: str) -> None:
+    """A worker on an empty APP_DATADIR restores every user from the changelog, the bulk of it in batches.
+
+    Guards two extensions in app/faust_ext.py: ``Recovery._build_offsets`` (without it nothing is
+    restored in bulk) and, under exactly_once, ``ConsumerThread._highwaters`` (without it Faust sees
+    no changelog to restore before its first fetch, and the users are missing).
+    """
+    a = spawn(PROCESSING_GUARANTEE=guarantee)
+    a.wait_ready()
+    stream = Stream()
+    # 8,000 transactions of 200 users: about 2,000 changelog records per partition, above
+    # tables/restore.py's MIN_RECORDS, so each partition is restored in bulk.
+    sent = batch(stream, topics.partitions, users=200, per_user=40, start=time.time() - 3000, tag="c")
+    asyncio.run(produce([(m.key, m.value, m.partition) for m in sent], topics.transactions))
+    wait_for(
+        lambda: (s := stats(a))["processed_total"] == len(sent) and s["lag_total"] == 0,
+        180,
+        "every transaction processed and committed",
+    )
+    a.stop()
+
+    cold = spawn(PROCESSING_GUARANTEE=guarantee)
+    wait_for(lambda: assignment([cold], topics.partitions), 120, "the cold worker owning every partition")
+    restored = wait_for(lambda: (s := stats(cold))["startup_to_ready_s"] is not None and s, 60, "ready")[
+        "last_recovery"
+    ]
+    print(f"cold restart ({guarantee}): {restored}")
+    assert restored is not None
+    assert restored["bulk_records"] > 0 and restored["bulk_records"] <= restored["records"]
+    if guarantee == "at_least_once":  # under exactly_once, transaction markers take offsets too
+        changelog = f"{a.env['APP_ID']}-user-state-changelog"
+        assert restored["records"] == changelog_records(changelog, list(range(topics.partitions)))
+    wait_for(lambda: stats(cold)["users"] == 200, 30, "200 users counted")
     check(stream, [cold])
 
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from records.exceptions import DecodeError, RejectedMessage, ValidationError
+from records.errors import DecodeError, RejectedMessage, ValidationError
+from records.schema import DeadLetter
 from records.transaction import (
     Transaction,
-    dead_letter_value,
     decode_json_object,
     parse_transaction,
     validate_transaction,
@@ -109,9 +109,11 @@ ACCEPTED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"merchant_category": "unknown", "is_online": False},
     ),
     ("is_online false", {"is_online": False}, {"is_online": False}),
-    ("unknown extra fields ignored",
-     {"extra": {"nested": [1, None, "x"]}, "amount_usd": "NaN", "": None, "AMOUNT": -1},
-     dict(VALID)),
+    (
+        "unknown extra fields ignored",
+        {"extra": {"nested": [1, None, "x"]}, "amount_usd": "NaN", "": None, "AMOUNT": -1},
+        dict(VALID),
+    ),
     ("merchant_category empty", {"merchant_category": ""}, {"merchant_category": ""}),
     ("merchant_category 64 ascii", {"merchant_category": "c" * 64}, {"merchant_category": "c" * 64}),
     ("merchant_category 64 emoji", {"merchant_category": EMOJI * 64}, {"merchant_category": EMOJI * 64}),
@@ -396,7 +398,7 @@ def _dead_letter(**overrides: Any) -> dict[str, Any]:
         "raw_value": b'{"amount": -1}',
     }
     kwargs.update(overrides)
-    value = dead_letter_value(**kwargs)
+    value = DeadLetter.for_message(**kwargs).encode()
     assert isinstance(value, bytes)
     letter = orjson.loads(value)  # strict JSON
     assert isinstance(letter, dict)
@@ -417,7 +419,8 @@ def test_dead_letter_has_every_spec_6_field() -> None:
         "raw_value": '{"amount": -1}',
     }
     failed_at = datetime.fromisoformat(letter["failed_at"])
-    assert failed_at.utcoffset() is not None and failed_at.utcoffset().total_seconds() == 0
+    offset = failed_at.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
 
 
 def test_dead_letter_key_none_is_null() -> None:

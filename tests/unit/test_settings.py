@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, load_settings
+from records.errors import SettingsError
 
 # SPEC 2's table, as Settings attributes.
 SPEC_DEFAULTS: dict[str, Any] = {

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tables.window import Txn, UserWindow, zscore
+from records.transaction import Transaction
+from tables.window import UserWindow, zscore
 from tests.oracle import Oracle, assert_record_matches
 
 T0 = 1_700_000_000.0
@@ -22,6 +23,13 @@ D = 86_400.0
 USER = "alice"
 NOW_S = 1_800_000_000.0
 U = 2.0**-52  # one ulp of 1.0
+
+
+def tx(txid: str, ts: float, amount: float, merchant: str, category: str, online: bool) -> Transaction:
+    """A validated transaction of USER, fields in the order the cases list them."""
+    return Transaction(txid, USER, amount, merchant, category, ts, online)
+
+
 ULP_1E11 = 2.0**-16  # one ulp of 1e11 (2**36 <= 1e11 < 2**37)
 
 
@@ -50,9 +58,9 @@ def feed(case: Case) -> tuple[UserWindow, Oracle, list[tuple[str, dict[str, Any]
     """Run the stream through both; return the window's and the oracle's verdicts and records."""
     window = UserWindow(USER, case.lateness_s, chunk_rows=2)
     oracle = Oracle(case.lateness_s)
-    results = []
+    results: list[tuple[str, dict[str, Any] | None]] = []
     for t in case.stream:
-        outcome = window.apply(Txn(t.txid, t.ts, t.amount, t.merchant, t.category, t.online), NOW_S)
+        outcome = window.apply(tx(t.txid, t.ts, t.amount, t.merchant, t.category, t.online), NOW_S)
         verdict, record = oracle.process(
             {
                 "transaction_id": t.txid,
@@ -88,67 +96,133 @@ CASES: dict[str, Case] = {
     "1h edge excluded": Case(
         [T("a", T0, 10.0, "m1"), T("b", T0 + H, 20.0, "m2")],
         "aa",
-        dict(tx_count_1h=1, total_amount_1h=20.0, avg_amount_1h=20.0, unique_merchants_1h=1,
-             tx_count_24h=2, total_amount_24h=30.0, avg_amount_24h=15.0, max_amount_24h=20.0,
-             unique_merchants_24h=2, seconds_since_last_tx=3600.0, amount_zscore_24h=1.0),
+        dict(
+            tx_count_1h=1,
+            total_amount_1h=20.0,
+            avg_amount_1h=20.0,
+            unique_merchants_1h=1,
+            tx_count_24h=2,
+            total_amount_24h=30.0,
+            avg_amount_24h=15.0,
+            max_amount_24h=20.0,
+            unique_merchants_24h=2,
+            seconds_since_last_tx=3600.0,
+            amount_zscore_24h=1.0,
+        ),
     ),
     "1h edge just inside": Case(
         [T("a", T0 + 0.25, 10.0, "m1"), T("b", T0 + H, 20.0, "m2")],
         "aa",
-        dict(tx_count_1h=2, total_amount_1h=30.0, avg_amount_1h=15.0, unique_merchants_1h=2,
-             seconds_since_last_tx=3599.75, amount_zscore_24h=1.0),
+        dict(
+            tx_count_1h=2,
+            total_amount_1h=30.0,
+            avg_amount_1h=15.0,
+            unique_merchants_1h=2,
+            seconds_since_last_tx=3599.75,
+            amount_zscore_24h=1.0,
+        ),
     ),
     # b at T0+24h: a at exactly T - 24h is out (still retained: M - 24h - L = T0 - 1h).
     "24h edge excluded": Case(
         [T("a", T0, 10.0), T("b", T0 + D, 30.0)],
         "aa",
-        dict(tx_count_1h=1, tx_count_24h=1, total_amount_24h=30.0, avg_amount_24h=30.0, max_amount_24h=30.0,
-             unique_merchants_24h=1, seconds_since_last_tx=86_400.0, amount_zscore_24h=None),
+        dict(
+            tx_count_1h=1,
+            tx_count_24h=1,
+            total_amount_24h=30.0,
+            avg_amount_24h=30.0,
+            max_amount_24h=30.0,
+            unique_merchants_24h=1,
+            seconds_since_last_tx=86_400.0,
+            amount_zscore_24h=None,
+        ),
     ),
     # {10, 30}: mean 20, std 10, z(30) = 1.0.
     "24h edge just inside": Case(
         [T("a", T0 + 0.25, 10.0), T("b", T0 + D, 30.0)],
         "aa",
-        dict(tx_count_1h=1, tx_count_24h=2, total_amount_1h=30.0, total_amount_24h=40.0, avg_amount_24h=20.0,
-             max_amount_24h=30.0, seconds_since_last_tx=86_399.75, amount_zscore_24h=1.0),
+        dict(
+            tx_count_1h=1,
+            tx_count_24h=2,
+            total_amount_1h=30.0,
+            total_amount_24h=40.0,
+            avg_amount_24h=20.0,
+            max_amount_24h=30.0,
+            seconds_since_last_tx=86_399.75,
+            amount_zscore_24h=1.0,
+        ),
     ),
     # Same timestamp, same amount, same merchant: counted twice, gap 0, z null (all equal).
     "tie at T is included": Case(
         [T("a", T0, 10.0), T("b", T0, 10.0)],
         "aa",
-        dict(transaction_id="b", event_time=T0, tx_count_1h=2, tx_count_24h=2, total_amount_24h=20.0,
-             unique_merchants_1h=1, seconds_since_last_tx=0.0, amount_zscore_24h=None),
+        dict(
+            transaction_id="b",
+            event_time=T0,
+            tx_count_1h=2,
+            tx_count_24h=2,
+            total_amount_24h=20.0,
+            unique_merchants_1h=1,
+            seconds_since_last_tx=0.0,
+            amount_zscore_24h=None,
+        ),
     ),
     # Replay of a after b (same ts): a's record recomputed with b in S.
     # {10, 20}: z(10) = (10 - 15) / 5 = -1.0; b has a's timestamp, so the gap is 0.
     "duplicate republishes with ties": Case(
         [T("a", T0, 10.0), T("b", T0, 20.0), T("a", T0 + 5.0, 99.0, "m9")],
         "aad",
-        dict(transaction_id="a", event_time=T0, current_amount=10.0, tx_count_1h=2, total_amount_1h=30.0,
-             max_amount_24h=20.0, seconds_since_last_tx=0.0, amount_zscore_24h=-1.0,
-             merchant_category="grocery"),
+        dict(
+            transaction_id="a",
+            event_time=T0,
+            current_amount=10.0,
+            tx_count_1h=2,
+            total_amount_1h=30.0,
+            max_amount_24h=20.0,
+            seconds_since_last_tx=0.0,
+            amount_zscore_24h=-1.0,
+            merchant_category="grocery",
+        ),
     ),
     # b arrives out of order (ts 40 < a's 100), then a is replayed: {10, 30} in a's window,
     # avg 20, std 10, z(10) = -1.0, and b is now the previous transaction: 100 - 40 = 60.
     "duplicate after out-of-order arrival": Case(
         [T("a", T0 + 100.0, 10.0), T("b", T0 + 40.0, 30.0), T("a", T0 + 100.0, 10.0)],
         "aad",
-        dict(transaction_id="a", event_time=T0 + 100.0, tx_count_1h=2, total_amount_1h=40.0,
-             avg_amount_1h=20.0, max_amount_24h=30.0, seconds_since_last_tx=60.0, amount_zscore_24h=-1.0),
+        dict(
+            transaction_id="a",
+            event_time=T0 + 100.0,
+            tx_count_1h=2,
+            total_amount_1h=40.0,
+            avg_amount_1h=20.0,
+            max_amount_24h=30.0,
+            seconds_since_last_tx=60.0,
+            amount_zscore_24h=-1.0,
+        ),
     ),
     # Out of order first: S = {a at 100, b at 40}; nothing in S is <= 40 but b.
     "out of order: nothing earlier": Case(
         [T("a", T0 + 100.0, 10.0), T("b", T0 + 40.0, 30.0)],
         "aa",
-        dict(transaction_id="b", tx_count_1h=1, total_amount_1h=30.0, seconds_since_last_tx=None,
-             amount_zscore_24h=None),
+        dict(
+            transaction_id="b",
+            tx_count_1h=1,
+            total_amount_1h=30.0,
+            seconds_since_last_tx=None,
+            amount_zscore_24h=None,
+        ),
     ),
     # M - L = T0 exactly: accepted (only >= is needed), and exact.
     "exactly M - L is accepted": Case(
         [T("a", T0 + H, 10.0), T("b", T0, 20.0)],
         "aa",
-        dict(transaction_id="b", tx_count_1h=1, tx_count_24h=1, total_amount_24h=20.0,
-             seconds_since_last_tx=None),
+        dict(
+            transaction_id="b",
+            tx_count_1h=1,
+            tx_count_24h=1,
+            total_amount_24h=20.0,
+            seconds_since_last_tx=None,
+        ),
     ),
     "just before M - L is late": Case(
         [T("a", T0 + H, 10.0), T("b", T0 - 0.25, 20.0)],
@@ -165,8 +239,13 @@ CASES: dict[str, Case] = {
     "duplicate exactly at M - L is republished": Case(
         [T("a", T0, 10.0), T("b", T0 + H, 20.0), T("a", T0, 10.0)],
         "aad",
-        dict(transaction_id="a", tx_count_1h=1, tx_count_24h=1, seconds_since_last_tx=None,
-             amount_zscore_24h=None),
+        dict(
+            transaction_id="a",
+            tx_count_1h=1,
+            tx_count_24h=1,
+            seconds_since_last_tx=None,
+            amount_zscore_24h=None,
+        ),
     ),
     # M = T0 + 90001: M - 24h - L = T0 + 1 > a's T0, a is evicted; its timestamp still counts.
     "seconds since last after eviction": Case(
@@ -184,9 +263,17 @@ CASES: dict[str, Case] = {
     "id re-used after eviction is new": Case(
         [T("a", T0, 10.0), T("b", T0 + 90_001.0, 20.0, "m2"), T("a", T0 + 90_002.0, 5.0)],
         "aaa",
-        dict(transaction_id="a", event_time=T0 + 90_002.0, tx_count_1h=2, total_amount_1h=25.0,
-             avg_amount_1h=12.5, max_amount_24h=20.0, unique_merchants_1h=2, seconds_since_last_tx=1.0,
-             amount_zscore_24h=-1.0),
+        dict(
+            transaction_id="a",
+            event_time=T0 + 90_002.0,
+            tx_count_1h=2,
+            total_amount_1h=25.0,
+            avg_amount_1h=12.5,
+            max_amount_24h=20.0,
+            unique_merchants_1h=2,
+            seconds_since_last_tx=1.0,
+            amount_zscore_24h=-1.0,
+        ),
     ),
     # Retention floor exactly at a's timestamp: ts <= M - 24h - L is evicted, so "a" is new.
     "retention floor is exclusive": Case(
@@ -203,8 +290,13 @@ CASES: dict[str, Case] = {
     "z-score null: single transaction": Case(
         [T("a", T0, 10.0)],
         "a",
-        dict(tx_count_24h=1, total_amount_24h=10.0, max_amount_24h=10.0, seconds_since_last_tx=None,
-             amount_zscore_24h=None),
+        dict(
+            tx_count_24h=1,
+            total_amount_24h=10.0,
+            max_amount_24h=10.0,
+            seconds_since_last_tx=None,
+            amount_zscore_24h=None,
+        ),
     ),
     "z-score null: three equal amounts": Case(
         [T("a", T0, 7.5), T("b", T0 + 10.0, 7.5), T("c", T0 + 20.0, 7.5)],
@@ -302,8 +394,13 @@ def test_record_cases(case: Case) -> None:
     if verdict == "accepted":
         check_fields(
             record,
-            dict(transaction_id=last_input.txid, event_time=last_input.ts, current_amount=last_input.amount,
-                 is_online=last_input.online, merchant_category=last_input.category),
+            dict(
+                transaction_id=last_input.txid,
+                event_time=last_input.ts,
+                current_amount=last_input.amount,
+                is_online=last_input.online,
+                merchant_category=last_input.category,
+            ),
         )
 
 
@@ -312,60 +409,126 @@ def test_record_cases(case: Case) -> None:
 # a at T0 (10, m1), b at T0+30m (20, m2), c at T0+1h (30, m1); M = T0 + 1h, M - L = T0.
 ABC = [T("a", T0, 10.0, "m1"), T("b", T0 + 1800.0, 20.0, "m2"), T("c", T0 + H, 30.0, "m1")]
 
-NO_X = dict(transaction_id=None, event_time=None, current_amount=None, is_online=None, merchant_category=None,
-            seconds_since_last_tx=None)
-EMPTY = dict(tx_count_1h=0, tx_count_24h=0, total_amount_1h=0.0, total_amount_24h=0.0, avg_amount_1h=0.0,
-             avg_amount_24h=0.0, max_amount_24h=0.0, unique_merchants_1h=0, unique_merchants_24h=0,
-             amount_zscore_24h=None)
+NO_X = dict(
+    transaction_id=None,
+    event_time=None,
+    current_amount=None,
+    is_online=None,
+    merchant_category=None,
+    seconds_since_last_tx=None,
+)
+EMPTY = dict(
+    tx_count_1h=0,
+    tx_count_24h=0,
+    total_amount_1h=0.0,
+    total_amount_24h=0.0,
+    avg_amount_1h=0.0,
+    avg_amount_24h=0.0,
+    max_amount_24h=0.0,
+    unique_merchants_1h=0,
+    unique_merchants_24h=0,
+    amount_zscore_24h=None,
+)
 
 LOOKUPS: dict[str, tuple[list[T], float | None, int, dict[str, Any]]] = {
     # Without at: the latest record (c at T): 1h window (T0, T0+1h] holds b, c.
     # 24h {10, 20, 30}: mean 20, variance 200/3, z(30) = 10 / sqrt(200/3) = sqrt(3/2).
     "latest": (
-        ABC, None, 200,
-        dict(as_of=T0 + H, transaction_id="c", tx_count_1h=2, total_amount_1h=50.0, tx_count_24h=3,
-             total_amount_24h=60.0, unique_merchants_1h=2, seconds_since_last_tx=1800.0,
-             amount_zscore_24h=math.sqrt(1.5)),
+        ABC,
+        None,
+        200,
+        dict(
+            as_of=T0 + H,
+            transaction_id="c",
+            tx_count_1h=2,
+            total_amount_1h=50.0,
+            tx_count_24h=3,
+            total_amount_24h=60.0,
+            unique_merchants_1h=2,
+            seconds_since_last_tx=1800.0,
+            amount_zscore_24h=math.sqrt(1.5),
+        ),
     ),
     # at = T0 + 30m: x = b; window {a, b}; z(20) over {10, 20} = 1.
     "between transactions": (
-        ABC, T0 + 1800.0, 200,
-        dict(as_of=T0 + 1800.0, transaction_id="b", event_time=T0 + 1800.0, current_amount=20.0,
-             tx_count_1h=2, total_amount_1h=30.0, avg_amount_1h=15.0, max_amount_24h=20.0,
-             seconds_since_last_tx=1800.0, amount_zscore_24h=1.0),
+        ABC,
+        T0 + 1800.0,
+        200,
+        dict(
+            as_of=T0 + 1800.0,
+            transaction_id="b",
+            event_time=T0 + 1800.0,
+            current_amount=20.0,
+            tx_count_1h=2,
+            total_amount_1h=30.0,
+            avg_amount_1h=15.0,
+            max_amount_24h=20.0,
+            seconds_since_last_tx=1800.0,
+            amount_zscore_24h=1.0,
+        ),
     ),
     # at = T0 + 2h (later than M): 1h window (T0+1h, T0+2h] is empty; 24h still {a, b, c}; x = c.
     "in the future": (
-        ABC, T0 + 2 * H, 200,
-        dict(as_of=T0 + 2 * H, transaction_id="c", tx_count_1h=0, total_amount_1h=0.0, avg_amount_1h=0.0,
-             unique_merchants_1h=0, tx_count_24h=3, avg_amount_24h=20.0, max_amount_24h=30.0,
-             unique_merchants_24h=2, amount_zscore_24h=math.sqrt(1.5)),
+        ABC,
+        T0 + 2 * H,
+        200,
+        dict(
+            as_of=T0 + 2 * H,
+            transaction_id="c",
+            tx_count_1h=0,
+            total_amount_1h=0.0,
+            avg_amount_1h=0.0,
+            unique_merchants_1h=0,
+            tx_count_24h=3,
+            avg_amount_24h=20.0,
+            max_amount_24h=30.0,
+            unique_merchants_24h=2,
+            amount_zscore_24h=math.sqrt(1.5),
+        ),
     ),
     # at = T0 + 1h + 24h: the 24h window (T0+1h, ...] excludes c itself: all window fields zero,
     # z null, but x is still c.
     "x outside its window": (
-        ABC, T0 + H + D, 200,
+        ABC,
+        T0 + H + D,
+        200,
         dict(transaction_id="c", current_amount=30.0, seconds_since_last_tx=1800.0, **EMPTY),
     ),
     # at = M - L exactly (T0) is allowed: x = a, window {a}.
     "at exactly M - L": (
-        ABC, T0, 200,
-        dict(as_of=T0, transaction_id="a", tx_count_24h=1, total_amount_24h=10.0, seconds_since_last_tx=None,
-             amount_zscore_24h=None),
+        ABC,
+        T0,
+        200,
+        dict(
+            as_of=T0,
+            transaction_id="a",
+            tx_count_24h=1,
+            total_amount_24h=10.0,
+            seconds_since_last_tx=None,
+            amount_zscore_24h=None,
+        ),
     ),
     "at before M - L": (ABC, T0 - 0.25, 400, {}),
     # Only a at T0: at = T0 - 1h = M - L, no transaction <= at: window zero, x fields null.
     "no transaction at or before at": (
-        [T("a", T0, 10.0)], T0 - H, 200, dict(as_of=T0 - H, **NO_X, **EMPTY),
+        [T("a", T0, 10.0)],
+        T0 - H,
+        200,
+        dict(as_of=T0 - H, **NO_X, **EMPTY),
     ),
     # Ties: among equal timestamps the one accepted last is x.
     "ties pick the last accepted": (
-        [T("a", T0, 10.0), T("b", T0, 20.0), T("c", T0 - 10.0, 30.0)], T0, 200,
+        [T("a", T0, 10.0), T("b", T0, 20.0), T("c", T0 - 10.0, 30.0)],
+        T0,
+        200,
         dict(transaction_id="b", current_amount=20.0, tx_count_1h=3, seconds_since_last_tx=0.0),
     ),
     # a is evicted (M = T0 + 90001); at = M - L = T0 + 86401: no retained transaction <= at.
     "only evicted transactions before at": (
-        [T("a", T0, 10.0), T("b", T0 + 90_001.0, 20.0)], T0 + 86_401.0, 200, dict(**NO_X, **EMPTY),
+        [T("a", T0, 10.0), T("b", T0 + 90_001.0, 20.0)],
+        T0 + 86_401.0,
+        200,
+        dict(**NO_X, **EMPTY),
     ),
 }
 

@@ -18,7 +18,8 @@ import orjson
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tables.window import _BIG_FROM, Txn, UserWindow
+from records.transaction import Transaction
+from tables.window import _BIG_FROM, UserWindow, _from_row, _row
 from tests.oracle import assert_record_matches
 from tests.unit.test_window_properties import (
     BASE_TS_S,
@@ -31,6 +32,7 @@ from tests.unit.test_window_properties import (
     Step,
     Table,
     amounts,
+    tx,
 )
 
 FAST_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=15)
@@ -121,7 +123,7 @@ def test_long_run_with_evictions_matches_the_oracle(seed: int, pool: list[float]
             txn = runner.txn_for(step)
             want_verdict, want_record = runner.oracle.process(txn)
             outcome = runner.window.apply(
-                Txn(txn["transaction_id"], txn["timestamp"], txn["amount"], txn["merchant_id"], "c", False),
+                tx(txn["transaction_id"], txn["timestamp"], txn["amount"], txn["merchant_id"], "c", False),
                 COMPUTED_AT_S,
             )
             assert outcome.verdict == want_verdict
@@ -144,7 +146,7 @@ def test_sums_do_not_drift_over_many_evictions() -> None:
     for i in range(3000):
         ts += rng.uniform(0.0, 400.0)
         amount = rng.choice([0.1, 0.2, 0.3, 1e11, 1e-7, 12.34, math.nextafter(1.0, 2.0)])
-        out = window.apply(Txn(f"t{i}", ts, amount, f"m{i % 40}", "c", False), COMPUTED_AT_S)
+        out = window.apply(tx(f"t{i}", ts, amount, f"m{i % 40}", "c", False), COMPUTED_AT_S)
         assert out.verdict == "accepted"
         kept.append((ts, amount, f"m{i % 40}"))
         if i % 250 == 0 or i > 2990:
@@ -164,10 +166,15 @@ def test_head_format_is_unchanged() -> None:
     window = UserWindow(USER, 3600.0, 4)
     table = Table()
     ts = BASE_TS_S
+    accepted: list[tuple[int, Transaction]] = []  # (acceptance order, transaction)
     for i in range(200):
         ts += 1000.0 if i % 7 else -500.0
-        out = window.apply(Txn(f"t{i}", ts, 1.5 * i, "m", "c", i % 2 == 0), COMPUTED_AT_S)
+        txn = tx(f"t{i}", ts, 1.5 * i, "m", "c", i % 2 == 0)
+        out = window.apply(txn, COMPUTED_AT_S)
+        if out.verdict == "accepted":
+            accepted.append((len(accepted), txn))
         table.write(out.writes)
+        in_tail = {id(t) for t in window.tail}
         head = table.values[None]
         expected = orjson.dumps(
             {
@@ -177,13 +184,13 @@ def test_head_format_is_unchanged() -> None:
                 "next_seq": window.next_seq,
                 "next_chunk": window.next_chunk,
                 "chunks": [[no, max_ts] for no, max_ts in window.chunks.items()],
-                "tail": [t.row() for t in window.tail],
+                "tail": [_row(t, seq) for seq, t in accepted if id(t) in in_tail],
             }
         )
         assert head == expected
         for w in out.writes:
             if w.chunk_no is not None and w.value is not None:
-                assert [Txn.from_row(r) for r in orjson.loads(w.value)]  # rows decode
+                assert [_from_row("u", r) for r in orjson.loads(w.value)]  # rows decode
     rebuilt = table.decode(3600.0, 4)
     assert rebuilt.encode_head() == window.encode_head()
     assert rebuilt.retained == window.retained

@@ -18,12 +18,19 @@ import orjson
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tables.window import StateWrite, Txn, UserWindow
+from records.transaction import Transaction
+from tables.window import StateWrite, UserWindow
 from tests.oracle import Oracle, assert_record_matches
 
 USER = "u1"
 BASE_TS_S = 1_700_000_000.0
 COMPUTED_AT_S = 1_800_000_000.5
+
+
+def tx(txid: str, ts: float, amount: float, merchant: str, category: str, online: bool) -> Transaction:
+    """A validated transaction of USER, fields in the order the cases list them."""
+    return Transaction(txid, USER, amount, merchant, category, ts, online)
+
 
 PROPERTY_SETTINGS = settings(
     max_examples=200,
@@ -60,7 +67,18 @@ amounts = st.one_of(
 # floor and the retention floor are hit exactly; "edge" places a transaction
 # exactly one window length away from an earlier one.
 FORWARD_S = [
-    0.0, 0.25, 1.0, 600.0, 1800.0, 3600.0, 3600.25, 86_400.0, 86_400.25, 90_000.0, 90_000.5, 200_000.0
+    0.0,
+    0.25,
+    1.0,
+    600.0,
+    1800.0,
+    3600.0,
+    3600.25,
+    86_400.0,
+    86_400.25,
+    90_000.0,
+    90_000.5,
+    200_000.0,
 ]
 moves = st.one_of(
     st.tuples(st.just("forward"), st.sampled_from(FORWARD_S)),
@@ -172,7 +190,7 @@ class Runner:
         txn = self.txn_for(step)
         want_verdict, want_record = self.oracle.process(txn)
         outcome = self.window.apply(
-            Txn(
+            tx(
                 txn["transaction_id"],
                 txn["timestamp"],
                 txn["amount"],
@@ -291,7 +309,7 @@ def test_state_stays_bounded_for_a_steady_user(chunk_rows: int, gaps: list[float
     for i, gap in enumerate(gaps):
         ts += gap
         seen.append(ts)
-        outcome = window.apply(Txn(f"t{i}", ts, 1.0 + i, "m", "c", False), COMPUTED_AT_S)
+        outcome = window.apply(tx(f"t{i}", ts, 1.0 + i, "m", "c", False), COMPUTED_AT_S)
         assert outcome.verdict == "accepted"
         assert sum(w.value is not None for w in outcome.writes) <= 2
         table.write(outcome.writes)
@@ -333,12 +351,12 @@ def test_lateness_floor_is_exact_in_real_arithmetic(lateness_s: float, latest_s:
         if ts > latest_s:
             continue
         window = UserWindow(USER, lateness_s, 4)
-        window.apply(Txn("m", latest_s, 1.0, "m1", "c", False), COMPUTED_AT_S)
+        window.apply(tx("m", latest_s, 1.0, "m1", "c", False), COMPUTED_AT_S)
         floor = window.lateness_floor_s()
         assert floor is not None
         late = Fraction(ts) < exact_floor
         assert (ts < floor) == late, f"at={ts!r}: floor {floor!r}, exact {exact_floor}"
-        verdict = window.apply(Txn("x", ts, 1.0, "m1", "c", False), COMPUTED_AT_S).verdict
+        verdict = window.apply(tx("x", ts, 1.0, "m1", "c", False), COMPUTED_AT_S).verdict
         assert verdict == ("late" if late else "accepted"), f"ts={ts!r} M={latest_s!r} L={lateness_s!r}"
 
 
@@ -352,13 +370,13 @@ def test_retention_floor_is_exact_in_real_arithmetic(lateness_s: float, latest_s
             continue  # would be a duplicate within the lateness, not our concern here
         window = UserWindow(USER, lateness_s, 2)
         table = Table()
-        table.write(window.apply(Txn("old", old_ts, 1.0, "m1", "c", False), COMPUTED_AT_S).writes)
-        table.write(window.apply(Txn("new", latest_s, 2.0, "m1", "c", False), COMPUTED_AT_S).writes)
+        table.write(window.apply(tx("old", old_ts, 1.0, "m1", "c", False), COMPUTED_AT_S).writes)
+        table.write(window.apply(tx("new", latest_s, 2.0, "m1", "c", False), COMPUTED_AT_S).writes)
         retained = Fraction(old_ts) > exact_floor
         assert len(window) == 1 + retained
         assert len(table.decode(lateness_s, 2)) == 1 + retained
         # A retained id is a duplicate (too old to republish: late); an evicted one is new again.
-        again = Txn("old", latest_s, 3.0, "m1", "c", False)
+        again = tx("old", latest_s, 3.0, "m1", "c", False)
         verdict = window.apply(again, COMPUTED_AT_S).verdict
         expected = "late" if retained else "accepted"
         assert verdict == expected, f"old={old_ts!r} M={latest_s!r} L={lateness_s!r}"

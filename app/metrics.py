@@ -1,10 +1,11 @@
-"""Pipeline health figures: Prometheus metrics and the JSON behind ``/stats``.
+"""The worker's figures: Prometheus metrics and the JSON behind ``/stats``.
 
-One :class:`PipelineHealth` per worker process. The agent calls the
+One :class:`PipelineMetrics` per worker (``app.metrics``). The agent calls the
 ``on_*`` hooks (cheap: a counter increment, a histogram observation, a deque
-append); timers refresh the lag and the rate history; views read
-:meth:`snapshot`. Everything a worker reports is about its own active
-partitions (standbys are not counted).
+append); timers (``app/timers.py``) refresh the lag and the rate history; the
+web views read :meth:`PipelineMetrics.snapshot`. Everything a worker reports
+is about its own active partitions (standbys are not counted). Nothing here
+knows Faust.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-ERROR_TYPES = ("DecodeError", "ValidationError", "LateEvent", "ProcessingError")
+from records.errors import ERROR_TYPES, ErrorType
+
 FRESHNESS_BUCKETS_S = (
     0.001,
     0.0025,
@@ -49,7 +51,7 @@ def quantile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-class PipelineHealth:
+class PipelineMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -85,7 +87,9 @@ class PipelineHealth:
         self.lag: dict[tuple[str, int], int] = {}
         self.partitions: list[int] = []
         self._recent_freshness: deque[tuple[float, float]] = deque(maxlen=MAX_FRESHNESS_SAMPLES)
-        self._rate_samples: deque[tuple[float, int]] = deque()
+        # Seeded with the start, so that work done before the first sample
+        # (a burst right after start-up) counts towards the rate.
+        self._rate_samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
         self.started_at_s = time.time()
         self._restored = Counter(
@@ -99,8 +103,9 @@ class PipelineHealth:
             registry=r,
         )
         self._episode: dict[str, float] | None = None  # the restore in progress
-        self.last_recovery: dict[str, float] | None = None
+        self.last_recovery: dict[str, float | None] | None = None
         self.startup_to_ready_s: float | None = None
+        self.ready = False
 
     # ---------------------------------------------------------------- hot path
     def on_processed(self) -> None:
@@ -111,7 +116,7 @@ class PipelineHealth:
         self.duplicates_total += 1
         self._duplicates.inc()
 
-    def on_dead_letter(self, error_type: str) -> None:
+    def on_dead_letter(self, error_type: ErrorType) -> None:
         self.dead_letters[error_type] = self.dead_letters.get(error_type, 0) + 1
         self._dead.labels(error_type=error_type).inc()
 
@@ -122,9 +127,6 @@ class PipelineHealth:
         self._freshness.observe(freshness_s)
         self._recent_freshness.append((time.monotonic(), freshness_s))
 
-    def on_new_user(self) -> None:
-        self.set_users(self.users + 1)
-
     def on_changelog_event(self, restoring_active: bool) -> None:
         if not restoring_active:
             self._standby.inc()
@@ -132,7 +134,7 @@ class PipelineHealth:
         self._restored.inc()
         now = time.monotonic()
         if self._episode is None:
-            self._episode = {"records": 0, "first": now, "last": now}
+            self._episode = {"records": 0, "bulk_records": 0, "first": now, "last": now}
         self._episode["records"] += 1
         self._episode["last"] = now
 
@@ -141,9 +143,10 @@ class PipelineHealth:
         """``records`` changelog records applied by tables/restore.py, which started at ``started``."""
         self._restored.inc(records)
         if self._episode is None:
-            self._episode = {"records": 0, "first": started, "last": started}
+            self._episode = {"records": 0, "bulk_records": 0, "first": started, "last": started}
         self._episode["first"] = min(self._episode["first"], started)
         self._episode["records"] += records
+        self._episode["bulk_records"] += records
         self._episode["last"] = time.monotonic()
 
     def on_ready(self) -> None:
@@ -155,6 +158,7 @@ class PipelineHealth:
             seconds = episode["last"] - episode["first"]
             self.last_recovery = {
                 "records": episode["records"],
+                "bulk_records": episode["bulk_records"],
                 "seconds": seconds,
                 "records_per_s": episode["records"] / seconds if seconds > 0 else None,
                 "finished_at": time.time(),
@@ -165,6 +169,10 @@ class PipelineHealth:
         self._users.set(users)
 
     def set_ready(self, ready: bool) -> None:
+        """Called every second or so; becoming ready closes the restore episode, if any."""
+        if ready and not self.ready:
+            self.on_ready()
+        self.ready = ready
         self._ready.set(1 if ready else 0)
 
     def set_lag(self, lag: Mapping[tuple[str, int], int], partitions: Iterable[int]) -> None:
@@ -176,10 +184,12 @@ class PipelineHealth:
         self.partitions = sorted(partitions)
 
     def sample(self) -> None:
-        """Record one point of the rate history (called every couple of seconds)."""
+        """Record one point of the rate history (called every second or so)."""
         now = time.monotonic()
         self._rate_samples.append((now, self.processed_total))
-        while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
+        # Keep the newest sample at least RATE_WINDOW_S old as the baseline, so
+        # the window always spans a full minute once the worker has run that long.
+        while len(self._rate_samples) > 2 and now - self._rate_samples[1][0] >= RATE_WINDOW_S:
             self._rate_samples.popleft()
         p50, p99 = self.freshness_quantiles()
         self.history.append(
@@ -194,11 +204,14 @@ class PipelineHealth:
 
     # ------------------------------------------------------------------- reads
     def rate_tx_s(self) -> float:
-        """Accepted transactions per second over the last minute (or since start)."""
-        if len(self._rate_samples) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._rate_samples[0], self._rate_samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        """Accepted transactions per second over the last minute (or since start).
+
+        Measured from the oldest kept sample to now (the newest counter value),
+        so work done between two samples counts as soon as it is done.
+        """
+        t0, n0 = self._rate_samples[0]
+        elapsed = time.monotonic() - t0
+        return (self.processed_total - n0) / elapsed if elapsed > 0 else 0.0
 
     def freshness_quantiles(self) -> tuple[float | None, float | None]:
         horizon = time.monotonic() - FRESHNESS_WINDOW_S
@@ -256,6 +269,3 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "lag_total": sum(w["lag_total"] for w in alive),
         "partitions": sorted(p for w in alive for p in w["partitions"]),
     }
-
-
-health = PipelineHealth()

@@ -1,4 +1,4 @@
-"""The per-user state table and its bridge to the pure :class:`UserWindow`.
+"""The per-user state table, and :class:`UserWindows`: the pure :class:`UserWindow` s kept in it.
 
 One RocksDB-backed Faust table, ``user-state``, with raw byte keys: the head
 of a user is stored under the user id's UTF-8 bytes (exactly the bytes of the
@@ -10,20 +10,24 @@ owns the user, and its changelog is co-partitioned with the input topic.
 Decoded windows are kept in a bounded LRU cache in front of the table, so a
 heavy user is not decoded on every transaction; the cache is emptied at every
 rebalance, because then the table may have changed under it.
+
+Words: the *table* is the Faust table ``user_state``; its *store* is Faust's
+RocksDB store behind it (one database per partition); *windows* are the
+decoded per-user states.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from app.faust_fixes import after_commit
-from app.health import health
+from app.faust_ext import connect, open_partition_dbs, set_persisted_offset, store_offset_key
 from app.main import app, settings
 from tables.window import StateWrite, UserWindow
 
@@ -35,7 +39,7 @@ CHUNK_SEPARATOR = b"\xff"
 async def _count_changelog_event(event: Any) -> None:
     # Faust applies changelog events to active partitions while it restores
     # them (app.in_recovery) and to standby partitions afterwards.
-    health.on_changelog_event(restoring_active=bool(app.in_recovery))
+    app.metrics.on_changelog_event(restoring_active=bool(app.in_recovery))
 
 
 user_state = app.Table(
@@ -70,7 +74,7 @@ def on_changelog_delivered(metadata: Any) -> None:
         _delivered[tp] = metadata.offset
 
 
-def persist_delivered_offsets() -> None:
+async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:
     """After an offset commit: record in RocksDB how far the changelog is in the local store.
 
     It is what lets a warm restart replay only the changelog written since.
@@ -80,10 +84,10 @@ def persist_delivered_offsets() -> None:
     commit and partition is enough, and after the commit it is also true
     under exactly_once (the transaction holding those records committed).
     """
-    open_dbs = getattr(user_state.data, "_dbs", {})
+    open_dbs = open_partition_dbs(user_state)
     for tp, offset in list(_delivered.items()):
         if tp.partition in open_dbs:  # not a partition revoked since
-            user_state.data.set_persisted_offset(tp, offset)
+            set_persisted_offset(user_state, tp, offset)
     _delivered.clear()
 
 
@@ -99,7 +103,7 @@ def is_head_key(key: bytes) -> bool:
     return CHUNK_SEPARATOR not in key
 
 
-class UserStateStore:
+class UserWindows:
     """Load/save :class:`UserWindow` s through the table, with an LRU cache."""
 
     def __init__(self, table: Any, lateness_s: float, chunk_rows: int, cache_size: int) -> None:
@@ -164,7 +168,7 @@ class UserStateStore:
             self._cache.popitem(last=False)
 
 
-store = UserStateStore(
+windows = UserWindows(
     user_state,
     lateness_s=settings.allowed_lateness_s,
     chunk_rows=settings.state_chunk_rows,
@@ -174,10 +178,95 @@ store = UserStateStore(
 
 async def _forget_cached_windows(sender: Any, *args: Any, **kwargs: Any) -> None:
     # Partitions may move; the table, not the cache, is the truth afterwards.
-    store.clear_cache()
+    windows.clear_cache()
 
 
-app.on_partitions_revoked.connect(_forget_cached_windows)
-app.on_partitions_assigned.connect(_forget_cached_windows)
-app.on_rebalance_complete.connect(_forget_cached_windows)
-after_commit.append(persist_delivered_offsets)
+connect(app.on_partitions_revoked, _forget_cached_windows)
+connect(app.on_partitions_assigned, _forget_cached_windows)
+connect(app.on_rebalance_complete, _forget_cached_windows)
+connect(app.on_offsets_committed, persist_delivered_offsets)
+
+
+class UserCounts:
+    """The number of users with state in each active partition, kept exact without a scan on the loop.
+
+    After an assignment, :meth:`recount` counts the head keys of each active
+    partition with a RocksDB iterator, a bounded number of keys per event-loop
+    turn. The iterator reads a snapshot taken when it was created, so users
+    the agent creates in that partition meanwhile are counted apart and added
+    at the end. A rebalance during a recount abandons it; the next one starts
+    over. Between a rebalance and the end of the recount, :meth:`total` is the
+    figure from before (``complete`` is False).
+    """
+
+    KEYS_PER_TURN = 5000
+
+    def __init__(
+        self, open_dbs: Callable[[], Mapping[int, Any]], offset_key: Callable[[], bytes | None]
+    ) -> None:
+        self._open_dbs = open_dbs  # partition -> RocksDB database, as the table's store has them open
+        self._offset_key = offset_key  # the store's own bookkeeping key, in every database
+        self._counts: dict[int, int] = {}  # partition -> users, once counted
+        self._created_while_counting: dict[int, int] = {}
+        self._generation = 0  # bumped at every rebalance
+        self._last_total = 0
+        self.complete = False
+
+    def total(self) -> int:
+        if self.complete:
+            self._last_total = sum(self._counts.values())
+        return self._last_total
+
+    def on_new_user(self, partition: int) -> None:
+        if partition in self._counts:
+            self._counts[partition] += 1
+        elif partition in self._created_while_counting:
+            self._created_while_counting[partition] += 1
+
+    def on_rebalance(self) -> None:
+        self.total()  # keep the last complete figure
+        self._generation += 1
+        self._counts.clear()
+        self._created_while_counting.clear()
+        self.complete = False
+
+    async def recount(self, partitions: list[int]) -> bool:
+        """Count the users of ``partitions``; False if a rebalance interrupted it."""
+        generation = self._generation
+        dbs = self._open_dbs()
+        offset_key = self._offset_key()
+        for partition in partitions:
+            db = dbs.get(partition)
+            if db is None:  # not open here (memory:// store in unit tests)
+                self._counts[partition] = 0
+                continue
+            self._created_while_counting[partition] = 0
+            heads = 0
+            keys = iter(db.keys())
+            while True:
+                seen = 0
+                for key in keys:
+                    if key != offset_key and is_head_key(key):
+                        heads += 1
+                    seen += 1
+                    if seen == self.KEYS_PER_TURN:
+                        break
+                if seen < self.KEYS_PER_TURN:
+                    break
+                await asyncio.sleep(0)
+                if self._generation != generation or self._open_dbs().get(partition) is not db:
+                    return False
+            self._counts[partition] = heads + self._created_while_counting.pop(partition)
+        if self._generation != generation:
+            return False
+        self.complete = True
+        return True
+
+
+async def _recount_after_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
+    user_counts.on_rebalance()
+
+
+user_counts = UserCounts(lambda: open_partition_dbs(user_state), lambda: store_offset_key(user_state))
+connect(app.on_partitions_revoked, _recount_after_rebalance)
+connect(app.on_partitions_assigned, _recount_after_rebalance)

@@ -12,11 +12,12 @@ import aiohttp
 import orjson
 from faust.web import Request, Response, View
 
-from app.health import health
+from app.cluster import cluster_stats, local_stats
 from app.main import app
-from app.monitoring import cluster_stats, is_ready, local_stats, owned_partitions
-from tables.store import store, user_state
-from tables.window import StateCorruptError
+from app.readiness import is_ready, owned_partitions
+from records.errors import StateCorruptError
+from records.schema import FeaturesLookup
+from tables.user_state import user_state, windows
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class FeaturesView(View):
                 return _error(self, 503, "ownership is moving between workers", retry=True)
             return await self._proxy(request, owner)
         try:
-            window = store.load(user_id)
+            window = windows.load(user_id)
         except StateCorruptError as exc:
             log.error("state of user %r is corrupt: %s", user_id, exc)
             return _error(self, 500, "stored state of this user cannot be read")
@@ -85,7 +86,8 @@ class FeaturesView(View):
                 f"at={at_s!r} is earlier than the user's latest timestamp minus ALLOWED_LATENESS_S "
                 f"({floor!r}); windows older than that are no longer exact",
             )
-        return self.bytes(orjson.dumps(window.lookup(at_s, time.time())), content_type="application/json")
+        body = FeaturesLookup.from_values(window.lookup(at_s, time.time())).encode()
+        return self.bytes(body, content_type="application/json")
 
     async def _proxy(self, request: Request, owner: Any) -> Response:
         url = request.url.with_host(owner.host).with_port(owner.port)
@@ -126,7 +128,7 @@ class MetricsView(View):
     """Prometheus text format, this worker's own partitions."""
 
     async def get(self, request: Request) -> Response:
-        return self.bytes(health.prometheus_text(), content_type="text/plain; version=0.0.4")
+        return self.bytes(app.metrics.prometheus_text(), content_type="text/plain; version=0.0.4")
 
 
 @app.page("/stats")
@@ -140,7 +142,7 @@ class StatsView(View):
         if scope != "cluster":
             return _error(self, 400, "scope must be 'cluster' or 'worker'")
         body = await cluster_stats()
-        body["history"] = list(health.history)  # this worker's, for the page's first paint
+        body["history"] = list(app.metrics.history)  # this worker's, for the page's first paint
         return self.bytes(orjson.dumps(body), content_type="application/json")
 
 

@@ -1,0 +1,70 @@
+"""The Faust extensions of app/faust_ext.py, each against the behaviour it exists for.
+
+In-process with the App (memory store, no broker): the consumer is built but never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+from faust.tables.recovery import Recovery as FaustRecovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from app.faust_ext import (
+    FAUST_VERSION,
+    Consumer,
+    ConsumerThread,
+    FaustVersionError,
+    Recovery,
+    check_faust_version,
+    connect,
+    disconnect,
+)
+from app.main import app
+
+
+def test_the_installed_faust_is_the_one_the_extensions_were_written_for() -> None:
+    assert faust.__version__ == FAUST_VERSION
+    check_faust_version()
+
+
+def test_another_faust_version_is_refused_with_one_line_naming_both() -> None:
+    with pytest.raises(FaustVersionError) as info:
+        check_faust_version("0.16.0")
+    message = str(info.value)
+    assert "0.16.0" in message and FAUST_VERSION in message and "\n" not in message
+
+
+def test_the_app_is_built_from_the_extended_classes() -> None:
+    """Faust's class settings and factories hand out our subclasses, with nothing patched."""
+    consumer = app.consumer
+    assert type(consumer) is Consumer
+    assert type(consumer._new_consumer_thread()) is ConsumerThread
+    assert type(app.tables.recovery) is Recovery  # type: ignore[attr-defined]
+    # Faust's own classes are untouched: another App in the process gets Faust's behaviour.
+    assert faust_aiokafka.Consumer.force_commit is not Consumer.force_commit
+    assert faust_aiokafka.AIOKafkaConsumerThread._highwaters is not ConsumerThread._highwaters
+    assert FaustRecovery._build_offsets is not Recovery._build_offsets
+
+
+async def test_a_commit_waits_for_the_message_being_processed() -> None:
+    """Consumer.force_commit takes app.message_boundary, which the agent holds per message."""
+    received: list[str] = []
+
+    async def on_committed(sender: object, **kwargs: object) -> None:
+        received.append("committed")
+
+    connect(app.on_offsets_committed, on_committed)
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer)
+    async with app.message_boundary:
+        commit = asyncio.ensure_future(consumer.force_commit())
+        for _ in range(50):  # let the commit run as far as it can
+            await asyncio.sleep(0)
+        assert not commit.done(), "the commit went ahead while a message was being processed"
+    did_commit = await asyncio.wait_for(commit, timeout=10)
+    assert did_commit is False  # nothing was acked: nothing to commit, no signal
+    assert received == []
+    disconnect(app.on_offsets_committed, on_committed)

@@ -214,7 +214,7 @@ async def process_transaction(origin: Origin, txn: Transaction, partition: int) 
         window = windows.new(txn.user_id)
     try:
         outcome = window.apply(txn, computed_at_s=time.time())
-        changes = windows.save(window, outcome.writes) if outcome.writes else []
+        changes = windows.save(window, outcome.writes, partition) if outcome.writes else []
     except Exception:
         windows.forget(txn.user_id)  # the cached window may be half-updated: reload it
         raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,13 +48,8 @@ class VelocityApp(ExtendedApp):
             sys.stderr.flush()
             os._exit(78)
         Path(self.settings.datadir).mkdir(parents=True, exist_ok=True)
-        self._drop_state_of_an_unclean_stop()
         self._tune_garbage_collection()
         await super().on_first_start()
-
-    async def on_shutdown(self) -> None:
-        await super().on_shutdown()
-        self._clean_stop_marker().touch()
 
     def _tune_garbage_collection(self) -> None:
         # Full (generation 2) collections walk every object the worker holds
@@ -74,35 +68,6 @@ class VelocityApp(ExtendedApp):
             self._gc_started_s = time.perf_counter()
         elif (took := time.perf_counter() - self._gc_started_s) > GC_SLOW_S:
             log.warning("full garbage collection took %.0f ms (freed %s)", took * 1000, info.get("collected"))
-
-    def _drop_state_of_an_unclean_stop(self) -> None:
-        """Under exactly_once, start from the changelog after a crash or a kill.
-
-        The local RocksDB holds the writes of transactions that were open when
-        the worker died; they were aborted, and replaying the changelog from
-        the last committed offset does not undo them. A worker that stopped
-        cleanly committed (or aborted and rolled back nothing local) first.
-        Kafka Streams does the same (it wipes a task's state after an unclean
-        shutdown under exactly-once).
-        """
-        marker = self._clean_stop_marker()
-        tabledir = Path(self.conf.tabledir)
-        if (
-            self.settings.processing_guarantee == "exactly_once"
-            and not marker.exists()
-            and tabledir.is_dir()
-            and any(tabledir.iterdir())
-        ):
-            log.warning(
-                "the last run did not stop cleanly: removing the local table state in %s; "
-                "it is restored from the changelog",
-                tabledir,
-            )
-            shutil.rmtree(tabledir)
-        marker.unlink(missing_ok=True)
-
-    def _clean_stop_marker(self) -> Path:
-        return Path(self.settings.datadir) / "clean-stop"
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:

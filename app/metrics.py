@@ -102,6 +102,12 @@ class PipelineMetrics:
             "Changelog records applied to standby partitions",
             registry=r,
         )
+        self._dropped = Counter(
+            "velocity_uncommitted_partitions_dropped",
+            "Table partitions emptied before a restore because they held uncommitted writes",
+            registry=r,
+        )
+        self.uncommitted_partitions_dropped = 0
         self._episode: dict[str, float] | None = None  # the restore in progress
         self.last_recovery: dict[str, float | None] | None = None
         self.startup_to_ready_s: float | None = None
@@ -137,6 +143,10 @@ class PipelineMetrics:
             self._episode = {"records": 0, "bulk_records": 0, "first": now, "last": now}
         self._episode["records"] += 1
         self._episode["last"] = now
+
+    def on_uncommitted_state_dropped(self) -> None:
+        self.uncommitted_partitions_dropped += 1
+        self._dropped.inc()
 
     # ------------------------------------------------------------- from timers
     def on_bulk_restore(self, records: int, started: float) -> None:
@@ -238,6 +248,7 @@ class PipelineMetrics:
             "uptime_s": time.time() - self.started_at_s,
             "startup_to_ready_s": self.startup_to_ready_s,
             "last_recovery": self.last_recovery,
+            "uncommitted_partitions_dropped": self.uncommitted_partitions_dropped,
             "history": list(self.history),
         }
 

@@ -1,9 +1,17 @@
-"""Bulk restore of the state table's active partitions from their changelog.
+"""Before Faust restores the state table's partitions: drop uncommitted state, restore in bulk.
 
-Faust restores a changelog one event at a time (a queue, a task per get,
-per-event bookkeeping): a few thousand records/s. Before Faust looks at where
-to start (``app.on_before_active_restore``, sent by ``app/faust_ext.py``'s
-``Recovery``), this reads each active changelog partition
+Both run when ``app/faust_ext.py``'s ``Recovery`` sends ``app.on_before_restore``,
+before Faust reads where each partition's local store is.
+
+**Uncommitted state.** A partition whose RocksDB carries the uncommitted mark
+(``tables/user_state.py``, exactly_once) was written by a worker that died
+before committing: its local state holds writes of an aborted transaction.
+It is emptied, so that it is restored from the changelog (read_committed),
+exactly to the committed state. Other partitions keep their state.
+
+**Bulk restore.** Faust restores a changelog one event at a time (a queue, a
+task per get, per-event bookkeeping): a few thousand records/s. This reads each
+active changelog partition
 from the offset the local RocksDB already has up to the high watermark
 Faust just measured, with a plain consumer (large fetches,
 ``read_committed`` under exactly_once), and writes RocksDB write batches,
@@ -27,22 +35,47 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.faust_ext import connect, partition_db, persisted_offset, set_persisted_offset, uses_rocksdict
 from app.kafka_admin import bootstrap_servers
 from app.main import app, settings
-from tables.user_state import user_state
+from tables.user_state import UNCOMMITTED_KEY, user_state
 
 log = logging.getLogger(__name__)
 
 MIN_RECORDS = 1000
 FETCH_RECORDS = 20_000
+#: Every key of the table sorts below this (UTF-8 user ids and Faust's offset key), except the mark.
+_KEYS_END = b"\xff"
 
 
-async def bulk_restore(sender: Any, tps: set[Any], highwaters: Mapping[Any, int], **kwargs: Any) -> None:
+async def before_restore(
+    sender: Any, tps: set[Any], highwaters: Mapping[Any, int], title: str, **kwargs: Any
+) -> None:
     if not uses_rocksdict(user_state):
         return  # memory store (unit tests): leave it to Faust
     changelog = user_state.changelog_topic.get_topic_name()
+    ours = {tp for tp in tps if tp.topic == changelog}
+    drop_uncommitted_state(ours, title)
+    if title == "active":  # standbys follow the changelog continuously; Faust does them
+        await bulk_restore(ours, highwaters)
+
+
+def drop_uncommitted_state(tps: set[Any], title: str) -> None:
+    for tp in tps:
+        db = partition_db(user_state, tp.partition)
+        if db.get(UNCOMMITTED_KEY) is None:
+            continue
+        log.warning(
+            "%s partition %s of the state table holds writes no committed transaction covers "
+            "(the worker stopped before committing): emptying it to restore it from the changelog",
+            title,
+            tp.partition,
+        )
+        db.delete_range(b"", _KEYS_END)  # every head and chunk, and the persisted offset
+        db.delete(UNCOMMITTED_KEY)
+        app.metrics.on_uncommitted_state_dropped()
+
+
+async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
     todo: dict[TopicPartition, tuple[int, int]] = {}
     for tp in tps:
-        if tp.topic != changelog:
-            continue
         last = highwaters.get(tp)  # offset of the last record (Faust's "highwater" is end - 1)
         persisted = persisted_offset(user_state, tp)
         start = 0 if persisted is None else persisted + 1
@@ -100,4 +133,4 @@ async def bulk_restore(sender: Any, tps: set[Any], highwaters: Mapping[Any, int]
     )
 
 
-connect(app.on_before_active_restore, bulk_restore)
+connect(app.on_before_restore, before_restore)

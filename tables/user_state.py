@@ -74,6 +74,49 @@ def on_changelog_delivered(metadata: Any) -> None:
         _delivered[tp] = metadata.offset
 
 
+#: Present in a partition's RocksDB while it holds writes that no committed
+#: transaction covers yet (exactly_once only). 0xFF never starts a UTF-8 user
+#: id, so no head or chunk key can be this one.
+UNCOMMITTED_KEY = b"\xffuncommitted"
+
+
+class UncommittedWrites:
+    """Under exactly_once, marks in each table partition's RocksDB whether it holds uncommitted writes.
+
+    The mark is written before a partition's first write after a commit and
+    removed after the next commit (after the persisted changelog offset). A
+    worker that dies in between leaves it: its partition holds writes of a
+    transaction the broker aborted, which replaying the changelog would not
+    undo, so the next restore of that partition (``tables/restore.py``)
+    starts it from empty. Partitions without the mark are exactly their
+    committed state and restore warm. Kafka Streams wipes a task's state
+    after an unclean shutdown under exactly-once for the same reason.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._marked: set[int] = set()
+
+    def before_write(self, partition: int) -> None:
+        if not self.enabled or partition in self._marked:
+            return
+        db = open_partition_dbs(user_state).get(partition)
+        if db is not None:  # None: memory store (unit tests)
+            db.put(UNCOMMITTED_KEY, b"1")
+        self._marked.add(partition)
+
+    def after_commit(self) -> None:
+        dbs = open_partition_dbs(user_state)
+        for partition in self._marked:
+            db = dbs.get(partition)
+            if db is not None:
+                db.delete(UNCOMMITTED_KEY)
+        self._marked.clear()
+
+
+uncommitted = UncommittedWrites(enabled=settings.processing_guarantee == "exactly_once")
+
+
 async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:
     """After an offset commit: record in RocksDB how far the changelog is in the local store.
 
@@ -89,6 +132,7 @@ async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> N
         if tp.partition in open_dbs:  # not a partition revoked since
             set_persisted_offset(user_state, tp, offset)
     _delivered.clear()
+    uncommitted.after_commit()
 
 
 def head_key(user_id: str) -> bytes:
@@ -130,10 +174,12 @@ class UserWindows:
     def new(self, user_id: str) -> UserWindow:
         return UserWindow(user_id, self.lateness_s, self.chunk_rows)
 
-    def save(self, window: UserWindow, writes: Iterable[StateWrite]) -> list[tuple[bytes, bytes | None]]:
+    def save(
+        self, window: UserWindow, writes: Iterable[StateWrite], partition: int
+    ) -> list[tuple[bytes, bytes | None]]:
         """Write the changes to the local store; return the changelog records to send.
 
-        Inside an agent, the store puts them in the event's partition. The
+        Inside an agent, the store puts them in the event's ``partition``. The
         writes bypass Faust's table API on purpose: that API queues one
         changelog message per write in a buffer that a background task
         drains later, outside the message's processing (and, under
@@ -142,6 +188,7 @@ class UserWindows:
         """
         user_id = window.user_id
         data = self.table.data
+        uncommitted.before_write(partition)
         changes: list[tuple[bytes, bytes | None]] = []
         for write in writes:
             key = head_key(user_id) if write.chunk_no is None else chunk_key(user_id, write.chunk_no)

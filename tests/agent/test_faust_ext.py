@@ -11,6 +11,7 @@ import faust
 import pytest
 from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from app.faust_ext import (
     FAUST_VERSION,
@@ -68,3 +69,23 @@ async def test_a_commit_waits_for_the_message_being_processed() -> None:
     assert did_commit is False  # nothing was acked: nothing to commit, no signal
     assert received == []
     disconnect(app.on_offsets_committed, on_committed)
+
+
+async def test_a_gap_does_not_ack_the_message_after_it() -> None:
+    """Consumer._add_gap: after a transaction marker, one commit covers every processed message.
+
+    Offsets 100-101, 103-104 and 106-107 are records, 102 and 105 transaction markers; the drain
+    loop reports each jump as ``_add_gap(tp, last read + 1, offset just delivered)``.
+    """
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer)
+    tp = TP("velocity-gap-test", 0)
+    consumer._committed_offset[tp] = 100
+    last_read = None
+    for offset in (100, 101, 103, 104, 106, 107):
+        if last_read is not None and offset - last_read > 1:
+            await consumer._add_gap(tp, last_read + 1, offset)
+        consumer._acked[tp].append(offset)
+        consumer._acked_index[tp].add(offset)
+        last_read = offset
+    assert consumer._new_offset(tp) == 108  # Faust's own _add_gap: 104, then one transaction per commit

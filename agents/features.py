@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust import current_event
 
+from app.faust_ext import is_fencing
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
 from records.schema import DeadLetter, UserFeatures
@@ -112,25 +114,52 @@ async def send(
     commit flushes it too. A message the producer gives up on stops the
     worker before its offset can be committed; a restart processes it again
     and the duplicate rule makes that safe.
+
+    Under exactly_once, a fenced transaction is not a failure but a migrated
+    partition (``ExtendedApp.task_migrated``): what the worker still does in
+    its name is dropped here, and its messages are processed again by the
+    partition's next owner, from the committed offsets.
     """
-    fut = cast(
-        "asyncio.Future[Any]",
-        await app.producer.send(
-            topic_name, key, value, partition, None, None, transactional_id=_transactional_id()
-        ),
-    )
-    fut.add_done_callback(_check_delivered)
+    tid = _transactional_id()
+    if tid is not None and tid in app.fenced_transactional_ids:
+        return _dropped()
+    try:
+        fut = cast(
+            "asyncio.Future[Any]",
+            await app.producer.send(topic_name, key, value, partition, None, None, transactional_id=tid),
+        )
+    except Exception as exc:
+        if tid is None or not is_fencing(exc):
+            raise
+        await app.task_migrated(tid, exc)
+        return _dropped()
+    fut.add_done_callback(functools.partial(_check_delivered, tid))
     return fut
 
 
-def _check_delivered(fut: Any) -> None:
+def _dropped() -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.cancel()
+    return fut
+
+
+def _check_delivered(tid: str | None, fut: Any) -> None:
     if fut.cancelled():
         return
     exc = fut.exception()
-    if exc is not None:
-        log.critical("producer gave up on a message (%r); stopping before its offset is committed", exc)
-        logging.shutdown()
-        os._exit(70)
+    if exc is None:
+        return
+    if tid is not None and is_fencing(exc):
+        task = asyncio.ensure_future(app.task_migrated(tid, exc))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        return
+    log.critical("producer gave up on a message (%r); stopping before its offset is committed", exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+_background: set[asyncio.Future[None]] = set()
 
 
 async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
@@ -249,6 +278,10 @@ async def compute_features(stream: Any) -> None:
         # A message is processed and acked under the lock every offset commit
         # takes, so a commit never splits a message (app/faust_ext.py).
         async with app.message_boundary:
+            if app.is_stale(message):
+                # Fetched before a rebalance (processed again by the partition's next owner)
+                # or again after a seek back (processed already, in this transaction).
+                continue
             await handle_message(
                 message.topic,
                 message.partition,
@@ -257,6 +290,7 @@ async def compute_features(stream: Any) -> None:
                 message.value,
                 message.timestamp,
             )
+            app.processed(message)
             event.ack()
         if time.monotonic() - yielded_at > YIELD_EVERY_S:
             await asyncio.sleep(0)

@@ -18,10 +18,13 @@ Faust is extended through its own seams, never by assignment to its classes:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
 import faust
+from aiokafka import errors as kafka_errors
+from faust.exceptions import ProducerSendError
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -30,8 +33,20 @@ from mode import Signal
 
 from records.errors import VelocityError
 
+log = logging.getLogger(__name__)
+
 #: The faust-streaming release these extensions were written for and tested with.
 FAUST_VERSION = "0.15.3"
+
+#: Producer errors that mean "this transactional id now belongs to another producer" (or the
+#: broker aborted its transaction): the partition has migrated, as Kafka Streams calls it.
+_FENCING_ERRORS = (
+    kafka_errors.ProducerFenced,
+    kafka_errors.InvalidProducerEpoch,
+    kafka_errors.InvalidProducerIdMapping,
+    kafka_errors.OutOfOrderSequenceNumber,
+    kafka_errors.ProducerClosed,
+)
 
 
 class FaustVersionError(VelocityError):
@@ -67,6 +82,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     _thread: ConsumerThread
 
+    #: True from the start of a revocation to the next assignment: the agent
+    #: processes nothing in between (see on_partitions_revoked).
+    revoking = False
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -97,14 +116,34 @@ class Consumer(faust_aiokafka.Consumer):
         committed or aborted, and either timed out (fencing the producer) or
         was committed later together with the messages processed again.
         Kafka Streams commits its tasks before it lets them go; so do we,
-        between two messages.
+        between two messages. From here to the next assignment the agent
+        processes nothing (``revoking``; the App sets ``stream_wait_empty``
+        off, so Faust does not wait for the messages the agent skips): they
+        are processed again, from the committed offsets, by whoever owns
+        their partition next.
 
         Test: ``tests/integration/test_exactly_once.py::test_a_third_worker_joins_under_traffic``.
         """
         app = cast(ExtendedApp, self.app)
         async with app.message_boundary:
-            await super().force_commit()
+            self.revoking = True
+            if await super().force_commit():
+                await app.on_offsets_committed.send()
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Forget acks of messages skipped since the revocation, then let Faust assign.
+
+        Everything processed before the revocation was committed then; an ack
+        recorded since is of a message the agent skipped (Faust's stream acks
+        an event when the agent asks for the next one), and committing it
+        would skip the message.
+        """
+        self._acked.clear()
+        self._acked_index.clear()
+        self._gap.clear()
+        self.revoking = False
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
         """Commit only between messages, then send ``app.on_offsets_committed``.
@@ -123,14 +162,74 @@ class Consumer(faust_aiokafka.Consumer):
         """
         app = cast(ExtendedApp, self.app)
         async with app.message_boundary:
+            if self.revoking:
+                # Committed when the revocation began; acks since are of skipped messages.
+                return False
             did_commit: bool = await super().force_commit(*args, **kwargs)
             if did_commit:
                 await app.on_offsets_committed.send()
             return did_commit
 
 
+def is_fencing(exc: BaseException) -> bool:
+    """True for a producer error that means the transaction's partition has migrated.
+
+    Fencing (another producer initialised the same transactional id, or the
+    broker aborted the transaction on timeout), and what a producer that was
+    fenced or stopped for a revoked partition raises afterwards. Anything else
+    is a real failure.
+    """
+    if isinstance(exc, _FENCING_ERRORS):
+        return True
+    if isinstance(exc, ProducerSendError):
+        return "No transaction producer found" in str(exc) or (
+            exc.__cause__ is not None and is_fencing(exc.__cause__)
+        )
+    return isinstance(exc, kafka_errors.IllegalOperation) and "not in transaction" in str(exc)
+
+
+class Producer(faust_aiokafka.Producer):
+    async def commit_transactions(
+        self,
+        tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+        group_id: str,
+        start_new_transaction: bool = True,
+    ) -> None:
+        """Commit each transaction on its own; a fenced one is a migrated partition, not a crash.
+
+        Faust (0.15.3) commits the transactions one after the other and lets
+        ``ProducerFenced`` escape, which crashes the App (and leaves the other
+        partitions' transactions uncommitted). A fenced transaction is gone:
+        its partition now belongs to another worker, or the broker aborted it.
+        Like Kafka Streams (``TaskMigratedException``), we drop its producer,
+        commit the others, and ask to rejoin the group (``ExtendedApp.task_migrated``).
+
+        Test: ``tests/agent/test_faust_ext.py::test_a_fenced_transaction_is_a_migrated_partition``.
+        """
+        app = cast(ExtendedApp, self.app)
+        for tid, offsets in tid_to_offset_map.items():
+            if tid in app.fenced_transactional_ids:
+                continue  # migrated: its messages are processed again by the partition's owner
+            try:
+                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
+            except Exception as exc:
+                if not is_fencing(exc):
+                    raise
+                await app.task_migrated(tid, exc)
+
+    async def drop_transaction_producer(self, transactional_id: str) -> None:
+        """Forget a fenced producer; Faust makes a new one when the partition is assigned again."""
+        producer = self._transaction_producers.pop(transactional_id, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception as exc:  # noqa: BLE001 - a fenced producer may fail to stop cleanly
+                log.debug("stopping the fenced producer %s: %r", transactional_id, exc)
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 class Recovery(FaustRecovery):
@@ -179,17 +278,84 @@ class ExtendedApp(faust.App):
 
     on_offsets_committed: Signal[Any] = Signal()
     on_before_restore: Signal[Any] = Signal()
+    on_task_migrated: Signal[Any] = Signal()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         check_faust_version()
         kwargs.setdefault("TableManager", TableManager)
+        # Consumer.on_partitions_revoked commits instead; Faust's wait would
+        # wait for the messages the agent skips during a rebalance.
+        kwargs.setdefault("stream_wait_empty", False)
         super().__init__(*args, **kwargs)
         self.message_boundary = asyncio.Lock()
+        #: Transactional ids fenced since the last assignment: their partitions have migrated.
+        self.fenced_transactional_ids: set[str] = set()
+        self._processed_through: dict[TP, int] = {}  # this generation's last processed offsets
         self.on_offsets_committed = self.on_offsets_committed.with_default_sender(self)
         self.on_before_restore = self.on_before_restore.with_default_sender(self)
+        self.on_task_migrated = self.on_task_migrated.with_default_sender(self)
+        connect(self.on_partitions_assigned, self._on_assigned)
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
+
+    def is_stale(self, message: Any) -> bool:
+        """Whether the agent must not process ``message`` (it is acked or redone elsewhere).
+
+        * it was fetched before a rebalance that is under way or done: its
+          partition's next owner processes it from the committed offset;
+        * it was processed already in this generation: Faust resumes a
+          partition's stream before it seeks to the committed offset after a
+          recovery (faust-streaming 0.15.3, ``Recovery.on_recovery_completed``),
+          so messages fetched in between come again. Their first outputs are
+          in the open transaction, which commits or aborts with them.
+
+        Test: ``tests/agent/test_faust_ext.py::test_a_message_is_processed_once_per_generation``.
+        """
+        consumer = self.consumer
+        if isinstance(consumer, Consumer) and consumer.revoking:
+            return True
+        if message.generation_id != self.consumer_generation_id:
+            return True
+        return bool(message.offset <= self._processed_through.get(message.tp, -1))
+
+    def processed(self, message: Any) -> None:
+        """The agent processed ``message`` (see :meth:`is_stale`)."""
+        self._processed_through[message.tp] = message.offset
+
+    def _new_producer_transport(self) -> Transport:
+        return Transport(self.conf.broker_producer, self)
+
+    async def task_migrated(self, transactional_id: str, exc: BaseException) -> None:
+        """The transaction of ``transactional_id`` was fenced: close its partition dirty and rejoin.
+
+        Its uncommitted outputs are aborted by the broker, its offsets are not
+        committed (the next owner processes those messages again), its local
+        state keeps the uncommitted mark (``on_task_migrated``: it is restored
+        from the changelog before it is used again), nothing more is sent in
+        its name until the next assignment, and the worker asks to rejoin the
+        group instead of stopping.
+        """
+        if transactional_id in self.fenced_transactional_ids:
+            return
+        self.fenced_transactional_ids.add(transactional_id)
+        partition = int(transactional_id.rsplit("-", 1)[1])
+        log.warning(
+            "transaction %s was fenced (%r): partition %s has migrated; "
+            "dropping its uncommitted work and rejoining the group",
+            transactional_id,
+            exc,
+            partition,
+        )
+        await self.on_task_migrated.send(partition)
+        producer = self.producer
+        if isinstance(producer, Producer):
+            await producer.drop_transaction_producer(transactional_id)
+        request_rejoin(self.consumer)
+
+    async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.fenced_transactional_ids.clear()
+        self._processed_through.clear()
 
 
 # ------------------------------------------------------------- typed helpers
@@ -247,6 +413,15 @@ class _Rdict(Protocol):
     def delete(self, key: bytes) -> None: ...
 
     def delete_range(self, begin: bytes, end: bytes) -> None: ...
+
+
+def request_rejoin(consumer: Any) -> None:
+    """Make the consumer rejoin its group at the next poll (a rebalance, as after a task migration)."""
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    coordinator = getattr(client, "_coordinator", None)
+    if thread is not None and coordinator is not None:  # aiokafka runs in the consumer's thread
+        thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
 
 
 def committed_offset(consumer: Any, tp: TP) -> int | None:

@@ -112,6 +112,8 @@ def build_app(settings: Settings) -> VelocityApp:
         producer_max_batch_size=settings.producer_max_batch_size,
         consumer_max_fetch_size=settings.consumer_max_fetch_size,
         broker_max_poll_records=settings.broker_max_poll_records,
+        # How long the group waits for a silent worker before its partitions move (Faust: 60 s).
+        broker_session_timeout=settings.broker_session_timeout_s,
     )
 
 

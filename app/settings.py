@@ -46,6 +46,7 @@ class Settings:
     producer_max_batch_size: int
     consumer_max_fetch_size: int
     broker_max_poll_records: int
+    broker_session_timeout_s: float
     # Pipeline health (issue: metrics, timers, live page).
     health_log_interval_s: float
     lag_warn_messages: int
@@ -101,6 +102,15 @@ def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> floa
     value = _seconds(env, name, default)
     if value <= 0:
         raise SettingsError(f"{name}={env.get(name)!r} must be > 0")
+    return value
+
+
+def _session_timeout(env: Mapping[str, str]) -> float:
+    # The broker refuses sessions outside group.min/max.session.timeout.ms (6 s and 30 min by default).
+    value = _seconds(env, "BROKER_SESSION_TIMEOUT_S", 60.0)
+    if not 6.0 <= value <= 1800.0:
+        raw = env.get("BROKER_SESSION_TIMEOUT_S")
+        raise SettingsError(f"BROKER_SESSION_TIMEOUT_S={raw!r} must be between 6 and 1800 seconds")
     return value
 
 
@@ -160,6 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         producer_max_batch_size=_int(env, "PRODUCER_MAX_BATCH_SIZE", 262_144, 1024, 1_000_000),
         consumer_max_fetch_size=_int(env, "CONSUMER_MAX_FETCH_SIZE", 8 * 1024 * 1024, 1024, 1 << 30),
         broker_max_poll_records=_int(env, "BROKER_MAX_POLL_RECORDS", 5000, 1, 1_000_000),
+        broker_session_timeout_s=_session_timeout(env),
         health_log_interval_s=_positive_seconds(env, "HEALTH_LOG_INTERVAL_S", 30),
         lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
         freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),

@@ -96,14 +96,23 @@ class UncommittedWrites:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._marked: set[int] = set()
+        self.migrated: set[int] = set()  # fenced since the last assignment: marks stay
 
     def before_write(self, partition: int) -> None:
-        if not self.enabled or partition in self._marked:
+        if not self.enabled or partition in self._marked or partition in self.migrated:
             return
         db = open_partition_dbs(user_state).get(partition)
         if db is not None:  # None: memory store (unit tests)
             db.put(UNCOMMITTED_KEY, b"1")
         self._marked.add(partition)
+
+    def on_task_migrated(self, partition: int) -> None:
+        """The partition's transaction was fenced: its writes will never be committed here."""
+        self.migrated.add(partition)
+        self._marked.discard(partition)
+
+    def on_assigned(self) -> None:
+        self.migrated.clear()
 
     def after_commit(self) -> None:
         dbs = open_partition_dbs(user_state)
@@ -115,6 +124,18 @@ class UncommittedWrites:
 
 
 uncommitted = UncommittedWrites(enabled=settings.processing_guarantee == "exactly_once")
+
+
+async def _on_task_migrated(sender: Any, partition: int, **kwargs: Any) -> None:
+    uncommitted.on_task_migrated(partition)
+
+
+async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    uncommitted.on_assigned()
+
+
+connect(app.on_task_migrated, _on_task_migrated)
+connect(app.on_partitions_assigned, _on_assigned)
 
 
 async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -129,7 +150,8 @@ async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> N
     """
     open_dbs = open_partition_dbs(user_state)
     for tp, offset in list(_delivered.items()):
-        if tp.partition in open_dbs:  # not a partition revoked since
+        # Not a partition revoked since, nor one whose transaction was fenced (never committed).
+        if tp.partition in open_dbs and tp.partition not in uncommitted.migrated:
             set_persisted_offset(user_state, tp, offset)
     _delivered.clear()
     uncommitted.after_commit()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from agents import features
-from app.main import dlq_topic, features_topic, rekey_topic
+from app.main import app, dlq_topic, features_topic, rekey_topic
 from tables.user_state import changelog_topic_name, windows
 
 NOW = time.time()
@@ -51,6 +51,7 @@ class Sent:
 async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     sent = Sent()
     windows.clear_cache()
+    app._processed_through.clear()  # each test_context starts again at offset 0
     with patch.object(features, "send", sent.send):
         async with features.compute_features.test_context() as wrapped:
             yield wrapped, sent

@@ -9,6 +9,8 @@ import asyncio
 
 import faust
 import pytest
+from aiokafka import errors as kafka_errors
+from faust.exceptions import ProducerSendError
 from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -18,10 +20,12 @@ from app.faust_ext import (
     Consumer,
     ConsumerThread,
     FaustVersionError,
+    Producer,
     Recovery,
     check_faust_version,
     connect,
     disconnect,
+    is_fencing,
 )
 from app.main import app
 
@@ -89,3 +93,93 @@ async def test_a_gap_does_not_ack_the_message_after_it() -> None:
         consumer._acked_index[tp].add(offset)
         last_read = offset
     assert consumer._new_offset(tp) == 108  # Faust's own _add_gap: 104, then one transaction per commit
+
+
+class FakeTransactionProducer:
+    """Stands in for aiokafka's transactional producer; ``fenced`` makes it fail as a fenced one does."""
+
+    def __init__(self, fenced: bool) -> None:
+        self.fenced = fenced
+        self.calls: list[str] = []
+
+    async def send_offsets_to_transaction(self, offsets: object, group_id: str) -> None:
+        self.calls.append("offsets")
+        if self.fenced:
+            raise kafka_errors.ProducerFenced()
+
+    async def commit_transaction(self) -> None:
+        self.calls.append("commit")
+
+    async def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+
+async def test_a_fenced_transaction_is_a_migrated_partition() -> None:
+    """Producer.commit_transactions: the others commit, the fenced one is dropped, nothing crashes."""
+    producer = app.producer
+    assert isinstance(producer, Producer)
+    fenced_tid, ok_tid = f"{app.conf.id}-1-5", f"{app.conf.id}-1-6"
+    fenced, ok = FakeTransactionProducer(fenced=True), FakeTransactionProducer(fenced=False)
+    migrated: list[int] = []
+
+    async def on_migrated(sender: object, partition: int, **kwargs: object) -> None:
+        migrated.append(partition)
+
+    connect(app.on_task_migrated, on_migrated)
+    try:
+        for tid, fake in ((fenced_tid, fenced), (ok_tid, ok)):
+            producer._transaction_producers[tid] = fake
+            producer._trn_locks[tid] = asyncio.Lock()
+        offsets = {TP("t", 5): 10}
+        await producer.commit_transactions({fenced_tid: offsets, ok_tid: {TP("t", 6): 3}}, app.conf.id)
+        assert ok.calls == ["offsets", "commit", "begin"]
+        assert fenced.calls == ["offsets", "stop"]
+        assert (
+            fenced_tid in app.fenced_transactional_ids and fenced_tid not in producer._transaction_producers
+        )
+        assert migrated == [5]
+        # Until the next assignment, the migrated partition's offsets are not committed again.
+        await producer.commit_transactions({fenced_tid: offsets}, app.conf.id)
+        assert fenced.calls == ["offsets", "stop"]
+    finally:
+        disconnect(app.on_task_migrated, on_migrated)
+        app.fenced_transactional_ids.clear()
+        producer._transaction_producers.pop(ok_tid, None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "fencing"),
+    [
+        (kafka_errors.ProducerFenced(), True),
+        (kafka_errors.InvalidProducerEpoch(), True),
+        (ProducerSendError("No transaction producer found for : velocity-1-3"), True),
+        (kafka_errors.IllegalOperation("Can't send messages while not in transaction"), True),
+        (kafka_errors.KafkaTimeoutError(), False),
+        (kafka_errors.MessageSizeTooLargeError(), False),
+        (ProducerSendError("Error while sending: MessageSizeTooLargeError()"), False),
+    ],
+)
+def test_fencing_errors_are_told_from_real_failures(exc: BaseException, fencing: bool) -> None:
+    assert is_fencing(exc) is fencing
+
+
+def test_a_message_is_processed_once_per_generation() -> None:
+    """ExtendedApp.is_stale: a message is not processed twice in a generation, nor one of another."""
+
+    class Msg:
+        def __init__(self, offset: int, generation_id: int) -> None:
+            self.tp = TP("velocity-stale-test", 0)
+            self.offset = offset
+            self.generation_id = generation_id
+
+    current = app.consumer_generation_id
+    first, second = Msg(7, current), Msg(8, current)
+    assert not app.is_stale(first)
+    app.processed(first)
+    assert app.is_stale(Msg(7, current))  # delivered again after Faust's late seek
+    assert app.is_stale(Msg(6, current))
+    assert not app.is_stale(second)
+    assert app.is_stale(Msg(9, current - 1))  # fetched before a rebalance

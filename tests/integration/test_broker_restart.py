@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.conftest import REPO, TopicReader, Worker, assignment, free_port, wait_for
 from tests.integration.streams import replay
-from tests.integration.test_failover import traffic
+from tests.integration.test_failover import assert_single_pass, traffic
 from tests.oracle import assert_record_matches
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,9 @@ def answered(worker: Worker, user: str) -> tuple[int, dict[str, str], Any] | Non
     return None if answer[0] == 503 else answer
 
 
-async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn: Any) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn: Any, guarantee: str) -> None:
+    """Workers reconnect by themselves; under exactly_once a read_committed reader sees one pass."""
     tag = os.urandom(4).hex()
     names = {
         "TRANSACTIONS_TOPIC": f"br-tx-{tag}",
@@ -76,7 +78,12 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
     await admin.start()
     await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names.values()])
     await admin.close()
-    env = {"BROKER_URL": f"kafka://{broker.bootstrap}", "TOPIC_PARTITIONS": str(PARTITIONS), **names}
+    env = {
+        "BROKER_URL": f"kafka://{broker.bootstrap}",
+        "TOPIC_PARTITIONS": str(PARTITIONS),
+        "PROCESSING_GUARANTEE": guarantee,
+        **names,
+    }
     workers: list[Worker] = [spawn(**env), spawn(**env)]
     wait_for(lambda: assignment(workers, PARTITIONS), 180, "partitions over two workers")
 
@@ -101,12 +108,15 @@ async def test_broker_restart_under_traffic_loses_nothing(broker: Broker, spawn:
     await producer.flush()
     await producer.stop()
 
-    async with TopicReader(names["FEATURES_TOPIC"], bootstrap=broker.bootstrap) as features:
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    async with TopicReader(names["FEATURES_TOPIC"], isolation, bootstrap=broker.bootstrap) as features:
         await features.until(
             lambda ms: {v["transaction_id"] for _, v, _ in ms} >= accepted,
             240,
             "a feature record for every accepted transaction after the broker restart",
         )
+        if guarantee == "exactly_once":
+            assert_single_pass(await features.until_end(60), stream, accepted)
     assert all(w.alive() for w in workers), "workers reconnect by themselves"
     wait_for(lambda: assignment(workers, PARTITIONS), 180, "workers ready again")
     for user in sorted({m.user for m in stream.messages if m.user}):

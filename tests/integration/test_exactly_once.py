@@ -96,6 +96,14 @@ class Scenario:
             send_paced(self.stream.messages, self.topics.transactions, RATE_PER_S, self.sent)
         )
 
+    async def until(self, condition: Any, timeout_s: float, what: str) -> Any:
+        """Like wait_for, without stopping the traffic task while it waits."""
+        deadline = time.monotonic() + timeout_s
+        while not (result := condition()):
+            assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+            await asyncio.sleep(0.2)
+        return result
+
     async def until_sent(self, share: float) -> None:
         deadline = time.monotonic() + 120
         while self.sent[0] < MESSAGES * share:
@@ -174,3 +182,28 @@ async def test_a_third_worker_joins_under_traffic(topics: Topics, spawn: Any) ->
         return [a, b, c]
 
     await run(topics, 303, body)
+
+
+async def test_a_paused_worker_is_fenced_rejoins_and_does_not_exit(topics: Topics, spawn: Any) -> None:
+    """A zombie: one of two stops (SIGSTOP) past its session timeout, the other takes its partitions
+    and fences its transactions; resumed (SIGCONT), its sends and commits fail as fenced. It must
+    treat that as migrated partitions (drop their uncommitted work, rejoin), not exit."""
+    env = {**EOS, "BROKER_SESSION_TIMEOUT_S": "8"}
+
+    async def body(s: Scenario) -> list[Worker]:
+        a = spawn(**env)
+        a.wait_ready()
+        b = spawn(**env)
+        wait_for(lambda: assignment([a, b], topics.partitions, every_worker_owns=True), 180, "two owners")
+        s.start_traffic()
+        await s.until_sent(1 / 4)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            await s.until(lambda: assignment([b], topics.partitions), 120, "b owning every partition")
+            await s.until_sent(1 / 2)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        return [a, b]
+
+    await run(topics, 404, body)

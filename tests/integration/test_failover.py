@@ -14,6 +14,7 @@ import random
 import signal
 import time
 import urllib.parse
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -174,7 +175,25 @@ def assert_single_pass(
     for _, value, _ in messages:
         got.setdefault(value["user_id"], []).append(value)
     total = sum(len(v) for v in want.values())
-    assert sum(len(v) for v in got.values()) == total, "a read_committed reader saw duplicates or losses"
+    surplus = {
+        user: dict(
+            Counter(r["transaction_id"] for r in got.get(user, []))
+            - Counter(r["transaction_id"] for r in records)
+        )
+        for user, records in want.items()
+    }
+    missing = {
+        user: dict(
+            Counter(r["transaction_id"] for r in records)
+            - Counter(r["transaction_id"] for r in got.get(user, []))
+        )
+        for user, records in want.items()
+    }
+    surplus = {u: s for u, s in surplus.items() if s}
+    missing = {u: m for u, m in missing.items() if m}
+    assert sum(len(v) for v in got.values()) == total, (
+        f"a read_committed reader saw duplicates or losses: surplus {surplus}, missing {missing}"
+    )
     for user, records in want.items():
         ids = [r["transaction_id"] for r in got.get(user, [])]
         assert ids == [r["transaction_id"] for r in records], user

@@ -28,7 +28,9 @@ from tests.oracle import Oracle
 
 pytestmark = pytest.mark.integration
 
-EOS = {"PROCESSING_GUARANTEE": "exactly_once"}
+# A killed worker's partitions wait for its session to expire before they move; 10 s keeps the
+# tests short (the default is 60 s) without changing what happens.
+EOS = {"PROCESSING_GUARANTEE": "exactly_once", "BROKER_SESSION_TIMEOUT_S": "10"}
 USERS = 40
 UNKEYED_USERS = 4  # every message of these users comes without a key (through the re-keying hop)
 MESSAGES = 3000
@@ -188,7 +190,7 @@ async def test_a_paused_worker_is_fenced_rejoins_and_does_not_exit(topics: Topic
     """A zombie: one of two stops (SIGSTOP) past its session timeout, the other takes its partitions
     and fences its transactions; resumed (SIGCONT), its sends and commits fail as fenced. It must
     treat that as migrated partitions (drop their uncommitted work, rejoin), not exit."""
-    env = {**EOS, "BROKER_SESSION_TIMEOUT_S": "8"}
+    env = {**EOS, "BROKER_SESSION_TIMEOUT_S": "8"}  # paused longer than this: its partitions move
 
     async def body(s: Scenario) -> list[Worker]:
         a = spawn(**env)

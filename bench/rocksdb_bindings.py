@@ -21,7 +21,7 @@ operation sequence:
 * ``process``: per transaction, one ``get`` of the user's head (1-4 KB of
   JSON-like bytes), one ``set`` of the new head and, once in
   :data:`CHUNK_EVERY` transactions, the write of a sealed chunk (~8 KB) --
-  what ``tables/store.py`` does for a transaction that misses its LRU cache.
+  what ``tables/user_state.py`` does for a transaction that misses its LRU cache.
   It goes through ``Store.get``/``Store.__setitem__`` with a current event set,
   as inside an agent (Faust writes these with one ``put`` each; it does not
   batch them). Users are drawn Zipf-like, as by ``app/simulator.py``, and all

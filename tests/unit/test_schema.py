@@ -84,19 +84,6 @@ def test_a_downstream_faust_app_reads_the_topic_as_user_features() -> None:
         assert record.tx_count_24h == values["tx_count_24h"]
 
 
-def test_dead_letter_field_names_are_spec_6() -> None:
-    assert DeadLetter.field_names == (
-        "original_topic",
-        "original_partition",
-        "original_offset",
-        "original_key",
-        "error_type",
-        "error_message",
-        "failed_at",
-        "raw_value",
-    )
-
-
 @pytest.mark.parametrize("record_type", [UserFeatures, FeaturesLookup, DeadLetter])
 def test_records_carry_no_faust_metadata(record_type: Any) -> None:
     values = dict.fromkeys(record_type._options.fields, None)

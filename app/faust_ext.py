@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 #: The faust-streaming release these extensions were written for and tested with.
 FAUST_VERSION = "0.15.3"
 
-#: A transaction commit (or a fenced producer's stop) taking longer than this is given up.
-COMMIT_TIMEOUT_S = 30.0
-
 #: Producer errors that mean "this transactional id now belongs to another producer" (or the
 #: broker aborted its transaction): the partition has migrated, as Kafka Streams calls it.
 _FENCING_ERRORS = (
@@ -207,26 +204,14 @@ class Producer(faust_aiokafka.Producer):
         Like Kafka Streams (``TaskMigratedException``), we drop its producer,
         commit the others, and ask to rejoin the group (``ExtendedApp.task_migrated``).
 
-        A commit that does not finish within ``COMMIT_TIMEOUT_S`` is treated
-        the same way: aiokafka can wait forever on a transaction request whose
-        sender is gone (aio-libs/aiokafka#1039), and the worker would hold the
-        message boundary and stop processing. The next producer of the id
-        finishes or aborts that transaction before it starts (InitProducerId).
-
-        Test: ``tests/agent/test_faust_ext.py::test_a_fenced_transaction_is_a_migrated_partition``
-        and ``::test_a_commit_that_hangs_is_a_migrated_partition``.
+        Test: ``tests/agent/test_faust_ext.py::test_a_fenced_transaction_is_a_migrated_partition``.
         """
         app = cast(ExtendedApp, self.app)
         for tid, offsets in tid_to_offset_map.items():
             if tid in app.fenced_transactional_ids:
                 continue  # migrated: its messages are processed again by the partition's owner
             try:
-                await asyncio.wait_for(
-                    super().commit_transactions({tid: offsets}, group_id, start_new_transaction),
-                    timeout=COMMIT_TIMEOUT_S,
-                )
-            except TimeoutError as exc:
-                await app.task_migrated(tid, exc)
+                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
             except Exception as exc:
                 if not is_fencing(exc):
                     raise
@@ -237,7 +222,7 @@ class Producer(faust_aiokafka.Producer):
         producer = self._transaction_producers.pop(transactional_id, None)
         if producer is not None:
             try:
-                await asyncio.wait_for(producer.stop(), timeout=COMMIT_TIMEOUT_S)
+                await producer.stop()
             except Exception as exc:  # noqa: BLE001 - a fenced producer may fail to stop cleanly
                 log.debug("stopping the fenced producer %s: %r", transactional_id, exc)
 

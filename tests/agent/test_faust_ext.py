@@ -15,7 +15,6 @@ from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from app import faust_ext
 from app.faust_ext import (
     FAUST_VERSION,
     Consumer,
@@ -99,15 +98,12 @@ async def test_a_gap_does_not_ack_the_message_after_it() -> None:
 class FakeTransactionProducer:
     """Stands in for aiokafka's transactional producer; ``fenced`` makes it fail as a fenced one does."""
 
-    def __init__(self, fenced: bool, hangs: bool = False) -> None:
+    def __init__(self, fenced: bool) -> None:
         self.fenced = fenced
-        self.hangs = hangs
         self.calls: list[str] = []
 
     async def send_offsets_to_transaction(self, offsets: object, group_id: str) -> None:
         self.calls.append("offsets")
-        if self.hangs:
-            await asyncio.Event().wait()
         if self.fenced:
             raise kafka_errors.ProducerFenced()
 
@@ -187,20 +183,3 @@ def test_a_message_is_processed_once_per_generation() -> None:
     assert app.is_stale(Msg(6, current))
     assert not app.is_stale(second)
     assert app.is_stale(Msg(9, current - 1))  # fetched before a rebalance
-
-
-async def test_a_commit_that_hangs_is_a_migrated_partition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Producer.commit_transactions gives a commit COMMIT_TIMEOUT_S, then treats it as fenced."""
-    monkeypatch.setattr(faust_ext, "COMMIT_TIMEOUT_S", 0.2)
-    producer = app.producer
-    assert isinstance(producer, Producer)
-    tid = f"{app.conf.id}-1-7"
-    stuck = FakeTransactionProducer(fenced=False, hangs=True)
-    producer._transaction_producers[tid] = stuck
-    producer._trn_locks[tid] = asyncio.Lock()
-    try:
-        await asyncio.wait_for(producer.commit_transactions({tid: {TP("t", 7): 1}}, app.conf.id), 10)
-        assert tid in app.fenced_transactional_ids and tid not in producer._transaction_producers
-        assert stuck.calls == ["offsets", "stop"]
-    finally:
-        app.fenced_transactional_ids.clear()

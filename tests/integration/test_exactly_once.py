@@ -133,6 +133,15 @@ class Scenario:
             assert "producer gave up" not in w.tail(400)
 
 
+def two_owners(topics: Topics, spawn: Any, env: dict[str, str]) -> tuple[Worker, Worker]:
+    """Two workers of the app, each owning some partitions."""
+    a = spawn(**env)
+    a.wait_ready()
+    b = spawn(**env)
+    wait_for(lambda: assignment([a, b], topics.partitions, every_worker_owns=True), 180, "two owners")
+    return a, b
+
+
 async def run(topics: Topics, seed: int, body: Any) -> None:
     scenario = Scenario(topics, seed)
     async with (
@@ -158,10 +167,7 @@ async def test_one_worker_killed_and_restarted_on_its_data_dir(topics: Topics, s
 
 async def test_one_of_two_killed_and_restarted_on_its_data_dir(topics: Topics, spawn: Any) -> None:
     async def body(s: Scenario) -> list[Worker]:
-        a = spawn(**EOS)
-        a.wait_ready()
-        b = spawn(**EOS)
-        wait_for(lambda: assignment([a, b], topics.partitions, every_worker_owns=True), 180, "two owners")
+        a, b = two_owners(topics, spawn, EOS)
         s.start_traffic()
         await s.until_sent(1 / 3)
         b.stop(signal.SIGKILL)
@@ -174,10 +180,7 @@ async def test_one_of_two_killed_and_restarted_on_its_data_dir(topics: Topics, s
 
 async def test_a_third_worker_joins_under_traffic(topics: Topics, spawn: Any) -> None:
     async def body(s: Scenario) -> list[Worker]:
-        a = spawn(**EOS)
-        a.wait_ready()
-        b = spawn(**EOS)
-        wait_for(lambda: assignment([a, b], topics.partitions, every_worker_owns=True), 180, "two owners")
+        a, b = two_owners(topics, spawn, EOS)
         s.start_traffic()
         await s.until_sent(1 / 3)
         c = spawn(**EOS)
@@ -193,10 +196,7 @@ async def test_a_paused_worker_is_fenced_rejoins_and_does_not_exit(topics: Topic
     env = {**EOS, "BROKER_SESSION_TIMEOUT_S": "8"}  # paused longer than this: its partitions move
 
     async def body(s: Scenario) -> list[Worker]:
-        a = spawn(**env)
-        a.wait_ready()
-        b = spawn(**env)
-        wait_for(lambda: assignment([a, b], topics.partitions, every_worker_owns=True), 180, "two owners")
+        a, b = two_owners(topics, spawn, env)
         s.start_traffic()
         await s.until_sent(1 / 4)
         assert a.proc is not None

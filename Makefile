@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint clean bench bench-quick
+.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint clean bench bench-quick redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,13 +41,19 @@ test: setup kafka
 test-unit: setup
 	$(BIN)/pytest tests/unit tests/agent
 
-## bench: the full benchmark suite (bench/run.py; needs redis-server); writes bench/results/
-bench: setup kafka
+## bench: the full benchmark suite (bench/run.py; installs redis-server if it can); writes bench/results/
+bench: setup kafka redis
 	$(BIN)/python -m bench.run --size full
 
 ## bench-quick: the same scenarios on a smaller stream, under 5 minutes
-bench-quick: setup kafka
+bench-quick: setup kafka redis
 	$(BIN)/python -m bench.run --size quick
+
+# The seed's Redis design needs redis-server: installed with apt-get when missing, else said in one line.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { echo "bench: redis-server missing; installing it with apt-get" && \
+	  apt-get install -y -qq redis-server >/dev/null 2>&1; } || \
+	  echo "bench: redis-server could not be installed: the seed_redis row will be '-' with a note saying why"
 
 ## lint: ruff (rules + format), mypy --strict on the package, tests and bench, the layer contracts
 lint: setup

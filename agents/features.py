@@ -1,18 +1,25 @@
-"""The feature agent: every inbound message ends as a feature record or a dead letter.
+"""The hot path: every inbound message ends as a feature record or a dead letter.
 
-Per message, inside the agent (Faust acks a message whose agent raised and
-never retries it, so nothing may escape):
+The worker's consumer hands each fetch of the input and re-keying topics to
+:class:`FeatureBatches` (``Consumer._drain_messages`` in app/faust_ext.py;
+ARCHITECTURE.md says which Faust layers that goes around and why). Per
+message, nothing may escape (a message is never retried):
 
 1. ``transactions``: strict JSON + SPEC 3 validation, else ``DecodeError`` /
    ``ValidationError`` to the DLQ. A message whose key is not its ``user_id``,
    or that sits on another partition than the one owning the user (a producer
    with another partitioner), is forwarded to the internal re-keying topic,
    on the user's partition, with its original coordinates.
-2. The user's window decides (SPEC 4): accepted -> one table write (rarely
+2. The user's window decides (SPEC 4): accepted -> one state write (rarely
    two) and a feature record; duplicate -> the record again; late ->
    ``LateEvent`` to the DLQ.
 3. Anything unexpected -> ``ProcessingError`` to the DLQ, logged with the
    coordinates; the stream goes on.
+
+Per partition and batch: the state writes go to RocksDB in one write batch,
+the changelog and feature records to the producer as whole Kafka batches,
+and the last offset processed to ``app.processed_through``, which the next
+offset commit commits (in the partition's transaction, under exactly_once).
 """
 
 from __future__ import annotations
@@ -20,29 +27,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import itertools
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
-from faust import current_event
+from faust.exceptions import ProducerSendError
+from faust.types import TP
 
-from app.faust_ext import is_fencing
+from app.faust_ext import is_fencing, kafka_producer
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
 from records.schema import DeadLetter, UserFeatures
 from records.transaction import Transaction, parse_transaction
 from tables import restore as _bulk_restore  # noqa: F401  (connects the bulk changelog restore)
-from tables.user_state import changelog_topic_name, on_changelog_delivered, user_counts, windows
+from tables.user_state import (
+    PartitionWriter,
+    changelog_topic_name,
+    on_changelog_delivered,
+    user_counts,
+    windows,
+)
 
 log = logging.getLogger(__name__)
 
-#: The agent lets other tasks run at least this often (seconds of work).
-YIELD_EVERY_S = 0.005
+features_topic_name: str = features_topic.get_topic_name()
+
+#: The hot path lets other tasks run at least this often (seconds of work).
+YIELD_EVERY_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +80,9 @@ def owner_partition(user_key: bytes, partitions: int) -> int:
     return int(murmur2(user_key) & 0x7FFFFFFF) % partitions
 
 
-async def send_dead_letter(origin: Origin, error_type: ErrorType, error_message: str) -> None:
+async def send_dead_letter(
+    work: PartitionWork, origin: Origin, error_type: ErrorType, error_message: str
+) -> None:
     log.warning(
         "dead letter %s from %s[%s]@%s key=%r: %s",
         error_type,
@@ -82,12 +102,12 @@ async def send_dead_letter(origin: Origin, error_type: ErrorType, error_message:
         failed_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         raw_value=origin.raw_value,
     )
-    await publish(dlq_topic, origin.key, letter.encode())
+    await publish(work, dlq_topic, origin.key, letter.encode())
     app.metrics.on_dead_letter(error_type)
 
 
-def _transactional_id() -> str | None:
-    """Under exactly_once, the transaction of the partition being processed.
+def transactional_id(tp: TP) -> str | None:
+    """Under exactly_once, the transaction that the records of input partition ``tp`` belong to.
 
     Faust's transaction manager would pick the id from the *destination*
     topic's partition and topic group, so a record for another topic
@@ -96,38 +116,34 @@ def _transactional_id() -> str | None:
     """
     if settings.processing_guarantee != "exactly_once":
         return None
-    event = current_event()
-    if event is None:
-        return None
-    source = event.message.tp
-    return f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
 
 
 async def send(
-    topic_name: str, key: bytes | None, value: bytes | None, partition: int | None
+    topic_name: str, key: bytes | None, value: bytes | None, partition: int | None, tid: str | None
 ) -> asyncio.Future[Any]:
     """Hand one message to the producer; return its delivery future once the producer holds it.
 
-    Straight through Faust's producer, not Faust's topic API (per-message
-    machinery we do not use). Delivery is awaited by the offset commit:
-    Faust flushes the producer before committing offsets, and a transaction
-    commit flushes it too. A message the producer gives up on stops the
-    worker before its offset can be committed; a restart processes it again
-    and the duplicate rule makes that safe.
+    Straight to the aiokafka producer behind Faust's (its transaction's,
+    under exactly_once): Faust's ``Producer.send`` adds a signal and a lock
+    per message that we do not use. Delivery is awaited by the offset
+    commit: Faust flushes the producer before committing offsets, and a
+    transaction commit flushes it too. A message the producer gives up on
+    stops the worker before its offset can be committed; a restart processes
+    it again and the duplicate rule makes that safe.
 
     Under exactly_once, a fenced transaction is not a failure but a migrated
     partition (``ExtendedApp.task_migrated``): what the worker still does in
     its name is dropped here, and its messages are processed again by the
     partition's next owner, from the committed offsets.
     """
-    tid = _transactional_id()
     if tid is not None and tid in app.fenced_transactional_ids:
         return _dropped()
     try:
-        fut = cast(
-            "asyncio.Future[Any]",
-            await app.producer.send(topic_name, key, value, partition, None, None, transactional_id=tid),
-        )
+        producer = kafka_producer(app, tid)
+        if producer is None:
+            raise ProducerSendError(f"No transaction producer found for : {tid}")
+        fut: asyncio.Future[Any] = await producer.send(topic_name, value, key=key, partition=partition)
     except Exception as exc:
         if tid is None or not is_fencing(exc):
             raise
@@ -162,24 +178,103 @@ def _check_delivered(tid: str | None, fut: Any) -> None:
 _background: set[asyncio.Future[None]] = set()
 
 
-async def publish(topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+async def publish(
+    work: PartitionWork, topic: Any, key: bytes | None, value: bytes, partition: int | None = None
+) -> None:
     """Send one output message (features, dead letter, re-keying hop)."""
-    await send(topic.get_topic_name(), key, value, partition)
+    await send(topic.get_topic_name(), key, value, partition, work.tid)
 
 
-async def send_changelog(changes: list[tuple[bytes, bytes | None]]) -> None:
-    """The current message's state changes, to the table's changelog partition (= input partition)."""
-    event = current_event()
-    assert event is not None
-    partition = event.message.partition
-    for key, value in changes:
-        fut = await send(changelog_topic_name(), key, value, partition)
-        fut.add_done_callback(_persisted)
+async def send_many(
+    topic_name: str, partition: int, records: list[tuple[bytes | None, bytes | None]], tid: str | None
+) -> None:
+    """Hand records for one partition to the producer as whole batches, in order.
+
+    aiokafka's ``create_batch``/``send_batch``: the records are framed into
+    one closed batch (or a few, of ``PRODUCER_MAX_BATCH_SIZE``) that the
+    producer sends at once, without its per-message path (partitioner,
+    accumulator, one delivery future per record). Delivery, fencing and
+    failure are handled as for :func:`send`; a delivered changelog batch
+    records the offset of its last record.
+    """
+    if not records or (tid is not None and tid in app.fenced_transactional_ids):
+        return
+    producer = kafka_producer(app, tid)
+    pending = iter(records)
+    while True:
+        if producer is None:
+            if tid is None:
+                raise ProducerSendError("the producer is not running")
+            await app.task_migrated(tid, ProducerSendError(f"No transaction producer found for : {tid}"))
+            return
+        builder = producer.create_batch()
+        count = 0
+        for key, value in pending:
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                pending = itertools.chain([(key, value)], pending)  # starts the next batch
+                break
+            count += 1
+        if count == 0:
+            return
+        builder.close()  # complete: the producer sends it now instead of waiting for more
+        try:
+            fut: asyncio.Future[Any] = await producer.send_batch(builder, topic_name, partition=partition)
+        except Exception as exc:
+            if tid is None or not is_fencing(exc):
+                raise
+            await app.task_migrated(tid, exc)
+            return
+        fut.add_done_callback(functools.partial(_check_delivered, tid))
+        if topic_name == changelog_topic_name():
+            fut.add_done_callback(functools.partial(_changelog_batch_delivered, count))
+
+
+def _changelog_batch_delivered(count: int, fut: Any) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        on_changelog_delivered(fut.result(), count)
 
 
 def _persisted(fut: Any) -> None:
     if not fut.cancelled() and fut.exception() is None:
         on_changelog_delivered(fut.result())
+
+
+class Outbox:
+    """The features and changelog records of one partition's batch, sent together at its end."""
+
+    __slots__ = ("_records", "tid")
+
+    def __init__(self, tid: str | None) -> None:
+        self.tid = tid
+        self._records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+
+    def add(self, topic_name: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        records = self._records.get((topic_name, partition))
+        if records is None:
+            records = self._records[(topic_name, partition)] = []
+        records.append((key, value))
+
+    async def flush(self) -> None:
+        records, self._records = self._records, {}
+        for (topic_name, partition), batch in records.items():
+            await send_many(topic_name, partition, batch, self.tid)
+
+
+_features_copartitioned: bool | None = None
+
+
+def features_copartitioned(work: PartitionWork) -> bool:
+    """Whether the features topic has the input's partitions (a user's records then go to its partition)."""
+    global _features_copartitioned
+    if _features_copartitioned is None:
+        producer = kafka_producer(app, work.tid)
+        known = (
+            None if producer is None else producer.client.cluster.partitions_for_topic(features_topic_name)
+        )
+        if known is None:
+            return False  # not known yet: send one by one (the producer fetches the metadata)
+        _features_copartitioned = len(known) == settings.topic_partitions
+    return _features_copartitioned
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
@@ -210,8 +305,31 @@ def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
     return origin, Transaction.from_dict(env["txn"])
 
 
+class PartitionWork:
+    """Where the outputs and state writes of one input partition's records go, for one batch."""
+
+    __slots__ = ("outbox", "partition", "state", "tid")
+
+    def __init__(self, tp: TP) -> None:
+        self.partition = tp.partition
+        self.tid = transactional_id(tp)
+        self.state: PartitionWriter = windows.writer(tp.partition)
+        self.outbox = Outbox(self.tid)
+
+    async def finish(self) -> None:
+        """Write the state batch, then hand the outputs to the producer."""
+        self.state.flush()
+        await self.outbox.flush()
+
+
 async def handle_message(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, timestamp_s: float | None
+    work: PartitionWork,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp_s: float | None,
 ) -> None:
     """Process one inbound message; never raises for bad data."""
     origin = Origin(topic, partition, offset, key, timestamp_s, value)
@@ -222,67 +340,131 @@ async def handle_message(
             try:
                 txn = parse_transaction(value, time.time(), settings.max_clock_skew_s)
             except RejectedMessage as exc:
-                await send_dead_letter(origin, exc.error_type, exc.message)
+                await send_dead_letter(work, origin, exc.error_type, exc.message)
                 return
             user_key = txn.user_id.encode("utf-8")
             expected = owner_partition(user_key, settings.topic_partitions)
             if key != user_key or partition != expected:
-                await publish(rekey_topic, user_key, _envelope(origin, txn), partition=expected)
+                await publish(work, rekey_topic, user_key, _envelope(origin, txn), partition=expected)
                 return
-        await process_transaction(origin, txn, partition)
+        await process_transaction(work, origin, txn)
     except Exception as exc:
         log.exception("processing failed for %s[%s]@%s key=%r", topic, partition, offset, key)
-        await send_dead_letter(origin, ProcessingError.error_type, f"{type(exc).__name__}: {exc}")
+        await send_dead_letter(work, origin, ProcessingError.error_type, f"{type(exc).__name__}: {exc}")
 
 
-async def process_transaction(origin: Origin, txn: Transaction, partition: int) -> None:
-    """``txn`` of the user owned by ``partition`` (of the message being processed)."""
-    window = windows.load(txn.user_id)
+async def process_transaction(work: PartitionWork, origin: Origin, txn: Transaction) -> None:
+    """``txn`` of a user owned by the partition being processed."""
+    window = windows.load(txn.user_id, work.state)
     is_new_user = window is None
     if window is None:
         window = windows.new(txn.user_id)
     try:
         outcome = window.apply(txn, computed_at_s=time.time())
-        changes = windows.save(window, outcome.writes, partition) if outcome.writes else []
+        changes = windows.save(window, outcome.writes, work.state) if outcome.writes else []
     except Exception:
-        windows.forget(txn.user_id)  # the cached window may be half-updated: reload it
+        # The window may be half-updated: write what earlier messages changed, and reload it.
+        work.state.flush()
+        windows.forget(txn.user_id)
         raise
     if changes:
-        await send_changelog(changes)
+        changelog = changelog_topic_name()
+        for key, value in changes:
+            work.outbox.add(changelog, work.partition, key, value)
     if outcome.verdict == "late":
-        await send_dead_letter(origin, LateEvent.error_type, outcome.reason)
+        await send_dead_letter(work, origin, LateEvent.error_type, outcome.reason)
         return
     assert outcome.features is not None
     metrics = app.metrics
     if outcome.verdict == "accepted":
         metrics.on_processed()
         if is_new_user:
-            user_counts.on_new_user(partition)
+            user_counts.on_new_user(work.partition)
     else:
         metrics.on_duplicate()
     features = UserFeatures.from_values(outcome.features)
     metrics.on_feature(features.computed_at, origin.timestamp_s)
-    await publish(features_topic, txn.user_id.encode("utf-8"), features.encode())
+    user_key = txn.user_id.encode("utf-8")
+    if features_copartitioned(work):
+        work.outbox.add(features_topic_name, work.partition, user_key, features.encode())
+    else:
+        await publish(work, features_topic, user_key, features.encode())
+
+
+class FeatureBatches:
+    """The hot path: every fetched batch of the input topics, as ``Consumer._drain_messages`` hands it over.
+
+    One batch is processed under ``app.message_boundary`` (so an offset
+    commit falls between batches, never between a message's outputs and its
+    offset), partition by partition, record by record, without Faust's
+    per-message machinery: its state writes go to one RocksDB write batch
+    per partition, its outputs straight to the producer, and the last offset
+    processed to ``app.processed_through`` (what the next commit commits).
+    Every ``YIELD_EVERY_S`` of work it writes the state batch and lets other
+    tasks run (lookups, timers, the next fetch); a rebalance meanwhile ends
+    the batch there: the rest is processed again by the partition's owner.
+    """
+
+    def __init__(self) -> None:
+        self.topics = frozenset({settings.transactions_topic, settings.rekey_topic})
+
+    async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
+        async with app.message_boundary:
+            for tp, records in batches.items():
+                if not app.generation_is_current(generation):
+                    return
+                await self.process_partition(tp, records, generation)
+
+    async def process_partition(self, tp: TP, records: list[Any], generation: int) -> None:
+        work = PartitionWork(tp)
+        tid = work.tid
+        fenced = app.fenced_transactional_ids
+        processed_through = app.processed_through
+        done = processed_through.get(tp, -1)
+        topic, partition = tp.topic, tp.partition
+        turn_started = time.monotonic()
+        try:
+            for record in records:
+                offset = record.offset
+                if offset <= done:
+                    continue  # processed already in this generation (a seek back after recovery)
+                if tid is not None and tid in fenced:
+                    break  # migrated: the rest is processed again by the partition's owner
+                ts = record.timestamp  # ms
+                timestamp_s = ts / 1000.0 if ts and ts > 0 else None
+                await handle_message(work, topic, partition, offset, record.key, record.value, timestamp_s)
+                processed_through[tp] = offset
+                if time.monotonic() - turn_started > YIELD_EVERY_S:
+                    work.state.flush()
+                    await asyncio.sleep(0)
+                    turn_started = time.monotonic()
+                    if not app.generation_is_current(generation):
+                        break
+        finally:
+            work.state.flush()
+        await work.outbox.flush()
+
+
+app.batch_handler = FeatureBatches()
 
 
 @app.agent(inbound_topic, name="velocity-features")
 async def compute_features(stream: Any) -> None:
-    # Nothing in a message's processing has to wait when the stream buffer is
-    # full and the producer has room, so without a deliberate yield the agent
-    # would work through a whole fetched batch (thousands of messages, over a
-    # second) before a lookup, a timer or the consumer's next batch got the
-    # event loop.
-    yielded_at = time.monotonic()
+    """Subscribes the worker to the input topics; their records reach :class:`FeatureBatches`.
+
+    ``Consumer._drain_messages`` (app/faust_ext.py) hands this agent's
+    topics to the batch path, so in a worker its stream stays empty. It
+    processes what Faust itself delivers to it (``test_context()`` in the
+    agent tests) the same way, one message at a time.
+    """
     async for event in stream.events():
         message = event.message
-        # A message is processed and acked under the lock every offset commit
-        # takes, so a commit never splits a message (app/faust_ext.py).
         async with app.message_boundary:
             if app.is_stale(message):
-                # Fetched before a rebalance (processed again by the partition's next owner)
-                # or again after a seek back (processed already, in this transaction).
                 continue
+            work = PartitionWork(message.tp)
             await handle_message(
+                work,
                 message.topic,
                 message.partition,
                 message.offset,
@@ -290,8 +472,6 @@ async def compute_features(stream: Any) -> None:
                 message.value,
                 message.timestamp,
             )
+            await work.finish()
             app.processed(message)
             event.ack()
-        if time.monotonic() - yielded_at > YIELD_EVERY_S:
-            await asyncio.sleep(0)
-            yielded_at = time.monotonic()

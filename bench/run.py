@@ -31,6 +31,8 @@ Scenarios (``--only`` names), in order, one process at a time on the same machin
    transactions in 24 h mixed in; its rate over the uniform rate.
 5. ``exactly_once``: Velocity's catch-up on the same stream with
    PROCESSING_GUARANTEE=exactly_once (in the details, and the Markdown).
+   ``two_workers``: two workers of one app started together on the same
+   stream (this machine has 2 cores); their rate over one worker's.
 6. ``rocksdb_bindings``: rocksdict against python-rocksdb on the table's
    workload, in a venv of its own (bench/rocksdb_env.py); skipped, with the
    reason, when that venv cannot be built.
@@ -94,6 +96,7 @@ SCENARIOS = {
     "recovery": "cold and warm restart of that worker: records restored, records/s, seconds to /ready",
     "heavy": "catch-up with one heavy user mixed in, over the uniform rate",
     "exactly_once": "catch-up under PROCESSING_GUARANTEE=exactly_once",
+    "two_workers": "catch-up by two workers of one app (same stream), over one worker's",
     "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
     "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
     "seed_faust_hopping": "the seed's Faust hopping-window design",
@@ -107,7 +110,7 @@ SCENARIOS = {
 # rolling_restart starts two more workers and restarts them (about a minute at any size), which
 # would not fit bench-quick's 5 minutes.
 ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
-NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once"}
+NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "two_workers"}
 NEEDS_STREAM = set(SCENARIOS) - {"rolling_restart", "rocksdb_bindings"}
 Membership = Literal["dynamic", "static"]
 
@@ -480,6 +483,29 @@ class Run:
             "so its rate is slightly high"
         )
 
+    def two_workers(self) -> None:
+        """Two workers of one new app id catch up on the same stream, started together."""
+        app_id, output = f"bench-two-{self.tag}", f"bench-out-two-{self.tag}"
+        procs = [
+            self.start(
+                f"two_workers-{n}",
+                VELOCITY_WORKER,
+                harness.velocity_env(
+                    app_id, self.input, output, self.work / f"two_workers-{n}", free_port(), "at_least_once"
+                ),
+            )
+            for n in (1, 2)
+        ]
+        try:
+            rate = self.measure("two_workers", procs[0], output, len(self.stream))
+        finally:
+            for proc in procs:
+                proc.stop()
+        one = self.throughput["velocity"]
+        if rate and one:
+            self.details["two_workers"]["vs_one_worker"] = rate / one
+        self.note("two_workers: both start together; the rate includes their first rebalance")
+
     def catchup(self) -> None:
         """One worker's catch-up with the chosen guarantee (the old bench/catchup.py)."""
         guarantee = self.opts.guarantee
@@ -604,6 +630,7 @@ class Run:
             "recovery": lambda: out.update(self.recovery()),
             "heavy": lambda: out.update(heavy_user_ratio=self.heavy()),
             "exactly_once": self.exactly_once,
+            "two_workers": self.two_workers,
             "catchup": self.catchup,
             "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
             "seed_faust_hopping": lambda: self.faust_design("seed_faust_hopping", "faust_hopping"),
@@ -658,6 +685,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     f, lk = result["freshness_ms"], result["lookup_ms"]
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
+    two = details.get("two_workers", {})
     warm = details.get("recovery", {}).get("warm") or {}
     replayed = (warm.get("last_recovery") or {}).get("records", 0) if warm else None
     rolling = details.get("rolling_restart", {})
@@ -701,6 +729,11 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "exactly_once",
             f"| Velocity exactly-once catch-up | {fmt_int(eos.get('tx_s'), ' tx/s')} "
             f"({fmt_ratio(eos.get('vs_at_least_once'))} of at-least-once) |",
+        ),
+        (
+            "two_workers",
+            f"| two workers of one app on this machine, catch-up | {fmt_int(two.get('tx_s'), ' tx/s')} "
+            f"({fmt_ratio(two.get('vs_one_worker'))} of one worker) |",
         ),
         (
             "catchup",

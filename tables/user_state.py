@@ -25,9 +25,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
+import rocksdict
 from faust.types import TP
 
-from app.faust_ext import connect, open_partition_dbs, set_persisted_offset, store_offset_key
+from app.faust_ext import (
+    connect,
+    open_partition_dbs,
+    partition_db,
+    set_persisted_offset,
+    store_offset_key,
+    uses_rocksdict,
+)
 from app.main import app, settings
 from tables.window import StateWrite, UserWindow
 
@@ -67,11 +75,16 @@ def changelog_topic_name() -> str:
 _delivered: dict[TP, int] = {}
 
 
-def on_changelog_delivered(metadata: Any) -> None:
-    """Remember the highest changelog offset delivered per partition (written at the next commit)."""
+def on_changelog_delivered(metadata: Any, count: int = 1) -> None:
+    """Remember the highest changelog offset delivered per partition (written at the next commit).
+
+    ``metadata`` is the delivery of one record, or of a batch of ``count``
+    records (aiokafka reports its first offset).
+    """
     tp = TP(metadata.topic, metadata.partition)
-    if metadata.offset > _delivered.get(tp, -1):
-        _delivered[tp] = metadata.offset
+    last = metadata.offset + count - 1
+    if last > _delivered.get(tp, -1):
+        _delivered[tp] = last
 
 
 #: Present in a partition's RocksDB while it holds writes that no committed
@@ -169,6 +182,53 @@ def is_head_key(key: bytes) -> bool:
     return CHUNK_SEPARATOR not in key
 
 
+class PartitionWriter:
+    """The state writes of one table partition during one batch: one RocksDB write batch.
+
+    ``touched`` holds the windows whose writes are still pending, so that a
+    later message of the batch reads them even if the LRU cache let them go.
+    On the ``memory://`` store (agent tests) writes go straight to the table.
+    """
+
+    __slots__ = ("_batch", "_data", "_db", "_pending", "partition", "touched")
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self.partition = partition
+        self.touched: dict[str, UserWindow] = {}
+        self._data = table.data
+        self._db = partition_db(table, partition) if uses_rocksdict(table) else None
+        self._batch = rocksdict.WriteBatch(raw_mode=True) if self._db is not None else None
+        self._pending = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        if self._db is not None:
+            return self._db.get(key)
+        value: bytes | None = self._data.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        if self._batch is None:
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+            return
+        if value is None:
+            self._batch.delete(key)
+        else:
+            self._batch.put(key, value)
+        self._pending += 1
+
+    def flush(self) -> None:
+        """Write what is pending (marking the partition uncommitted first, under exactly_once)."""
+        if self._pending and self._db is not None:
+            uncommitted.before_write(self.partition)
+            self._db.write(self._batch)
+            self._batch = rocksdict.WriteBatch(raw_mode=True)
+            self._pending = 0
+        self.touched.clear()
+
+
 class UserWindows:
     """Load/save :class:`UserWindow` s through the table, with an LRU cache."""
 
@@ -179,16 +239,28 @@ class UserWindows:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, UserWindow] = OrderedDict()
 
-    def load(self, user_id: str) -> UserWindow | None:
-        """The user's window, or None if it has no state (raises StateCorruptError)."""
+    def writer(self, partition: int) -> PartitionWriter:
+        return PartitionWriter(self.table, partition)
+
+    def load(self, user_id: str, state: PartitionWriter | None = None) -> UserWindow | None:
+        """The user's window, or None if it has no state (raises StateCorruptError).
+
+        With ``state`` (the hot path), read through the batch's pending writes
+        and the partition's own database; without (lookups), through the table.
+        """
+        if state is not None:
+            pending = state.touched.get(user_id)
+            if pending is not None:
+                return pending
         window = self._cache.get(user_id)
         if window is not None:
             self._cache.move_to_end(user_id)
             return window
-        head = self.table.get(head_key(user_id))
+        get = self.table.get if state is None else state.get
+        head = get(head_key(user_id))
         if head is None:
             return None
-        chunks = {no: self.table.get(chunk_key(user_id, no)) for no in UserWindow.chunk_numbers(head)}
+        chunks = {no: get(chunk_key(user_id, no)) for no in UserWindow.chunk_numbers(head)}
         window = UserWindow.decode(user_id, head, chunks, self.lateness_s, self.chunk_rows)
         self._remember(user_id, window)
         return window
@@ -197,28 +269,25 @@ class UserWindows:
         return UserWindow(user_id, self.lateness_s, self.chunk_rows)
 
     def save(
-        self, window: UserWindow, writes: Iterable[StateWrite], partition: int
+        self, window: UserWindow, writes: Iterable[StateWrite], state: PartitionWriter
     ) -> list[tuple[bytes, bytes | None]]:
-        """Write the changes to the local store; return the changelog records to send.
+        """Stage the changes in the batch's writes; return the changelog records to send.
 
-        Inside an agent, the store puts them in the event's ``partition``. The
-        writes bypass Faust's table API on purpose: that API queues one
+        The writes bypass Faust's table API on purpose: that API queues one
         changelog message per write in a buffer that a background task
         drains later, outside the message's processing (and, under
-        exactly_once, possibly in a later transaction). The agent sends the
-        returned records itself, awaited, with the feature record.
+        exactly_once, possibly in a later transaction), and writes RocksDB
+        once per key. The hot path sends the returned records itself, with
+        the feature record, and ``state`` writes one RocksDB batch.
         """
         user_id = window.user_id
-        data = self.table.data
-        uncommitted.before_write(partition)
         changes: list[tuple[bytes, bytes | None]] = []
         for write in writes:
             key = head_key(user_id) if write.chunk_no is None else chunk_key(user_id, write.chunk_no)
-            if write.value is None:
-                data.pop(key, None)
-            else:
-                data[key] = write.value
             changes.append((key, write.value))
+        for key, value in changes:
+            state.put(key, value)
+        state.touched[user_id] = window
         self._remember(user_id, window)
         return changes
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from unittest.mock import patch
 
 import orjson
 import pytest
 
 from agents import features
+from app.faust_ext import BatchHandler, Consumer
 from app.main import app, dlq_topic, features_topic, rekey_topic
 from tables.user_state import changelog_topic_name, windows
 
@@ -37,7 +38,7 @@ class Sent:
         }
 
     async def send(
-        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None
+        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None, tid: str | None
     ) -> Any:
         name = self.names[topic_name]
         decoded = value if name == "changelog" else orjson.loads(value or b"")
@@ -46,15 +47,30 @@ class Sent:
         fut.cancel()  # never delivered: no persisted offset to record
         return fut
 
+    async def send_many(
+        self,
+        topic_name: str,
+        partition: int,
+        records: list[tuple[bytes | None, bytes | None]],
+        tid: str | None,
+    ) -> None:
+        for key, value in records:
+            await self.send(topic_name, key, value, partition, tid)
+
 
 @pytest.fixture
 async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     sent = Sent()
     windows.clear_cache()
-    app._processed_through.clear()  # each test_context starts again at offset 0
-    with patch.object(features, "send", sent.send):
+    app.processed_through.clear()  # each test_context starts again at offset 0
+    with (
+        patch.object(features, "send", sent.send),
+        patch.object(features, "send_many", sent.send_many),
+        patch.object(features, "features_copartitioned", lambda work: True),
+    ):
         async with features.compute_features.test_context() as wrapped:
             yield wrapped, sent
+    app.processed_through.clear()  # nothing here was really consumed: leave nothing to commit
 
 
 async def test_accepted_transaction_publishes_its_features(agent: tuple[Any, Sent]) -> None:
@@ -127,3 +143,91 @@ async def test_state_changes_go_to_the_changelog_partition_of_the_input(agent: t
     assert (key, partition) == (b"carol", 0)
     assert isinstance(value, bytes) and value
     assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["c1", "c1"]
+
+
+class Record:
+    """What the consumer hands the batch path: aiokafka ``ConsumerRecord`` fields it reads."""
+
+    def __init__(self, offset: int, key: bytes | None, value: bytes) -> None:
+        self.offset, self.key, self.value = offset, key, value
+        self.timestamp = int(NOW * 1000)
+
+
+def batches() -> BatchHandler:
+    handler = app.batch_handler
+    assert handler is not None
+    return handler
+
+
+def input_tp(partition: int = 0) -> Any:
+    from faust.types import TP
+
+    from app.main import settings
+
+    return TP(settings.transactions_topic, partition)
+
+
+async def test_a_batch_goes_in_order_and_its_last_offset_is_what_commits(agent: tuple[Any, Sent]) -> None:
+    """FeatureBatches: one fetch of a partition, processed in order; the commit takes its last offset."""
+    _, sent = agent
+    tp = input_tp()
+    batch = [
+        Record(10, b"erin", tx("e1", user="erin", amount=5.0)),
+        Record(11, b"k", b"{not json"),
+        Record(13, b"erin", tx("e2", user="erin", amount=7.0, ts=NOW - 100)),  # offset 12: a marker
+    ]
+    await batches()({tp: batch}, app.consumer_generation_id)
+    features_out = [v for _, v, _ in sent.by_topic["features"]]
+    assert [(r["transaction_id"], r["tx_count_1h"], r["total_amount_24h"]) for r in features_out] == [
+        ("e1", 1, 5.0),
+        ("e2", 2, 12.0),
+    ]
+    assert [(k, p) for k, _, p in sent.by_topic["changelog"]] == [(b"erin", 0), (b"erin", 0)]
+    assert [d["original_offset"] for _, d, _ in sent.by_topic["dlq"]] == [11]
+    assert app.processed_through[tp] == 13
+    # Faust's commit takes processed + 1, with no per-message acks.
+    assert cast(Consumer, app.consumer)._new_offset(tp) == 14
+
+
+async def test_records_already_processed_in_this_generation_are_skipped(agent: tuple[Any, Sent]) -> None:
+    """After Faust's late seek back, the same offsets come again: their outputs are already out."""
+    _, sent = agent
+    tp = input_tp()
+    first = [
+        Record(0, b"finn", tx("f1", user="finn")),
+        Record(1, b"finn", tx("f2", user="finn", ts=NOW - 60)),
+    ]
+    await batches()({tp: first}, app.consumer_generation_id)
+    await batches()(
+        {tp: [*first, Record(2, b"finn", tx("f3", user="finn", ts=NOW - 30))]}, app.consumer_generation_id
+    )
+    assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["f1", "f2", "f3"]
+
+
+async def test_a_batch_of_an_older_generation_is_not_processed(agent: tuple[Any, Sent]) -> None:
+    _, sent = agent
+    tp = input_tp()
+    await batches()({tp: [Record(0, b"gus", tx("g1", user="gus"))]}, app.consumer_generation_id - 1)
+    assert sent.by_topic == {} and tp not in app.processed_through
+
+
+async def test_a_long_batch_lets_other_tasks_run(agent: tuple[Any, Sent]) -> None:
+    """Bounded work per event-loop turn: lookups and timers run while a backlog drains."""
+    _, sent = agent
+    tp = input_tp()
+    batch = [Record(k, b"hal", tx(f"h{k}", user="hal", ts=NOW - 3000 + k)) for k in range(200)]
+    ticks: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            ticks.append(len(sent.by_topic.get("changelog", [])) + len(windows._cache))
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other_task())
+    try:
+        with patch.object(features, "YIELD_EVERY_S", 0.0):
+            await batches()({tp: batch}, app.consumer_generation_id)
+    finally:
+        task.cancel()
+    assert len(ticks) >= 100  # it ran between the records, not only before and after the batch
+    assert len(sent.by_topic["features"]) == 200

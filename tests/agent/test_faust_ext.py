@@ -15,6 +15,7 @@ from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app import faust_ext
 from app.faust_ext import (
     FAUST_VERSION,
     Consumer,
@@ -135,6 +136,7 @@ async def test_a_fenced_transaction_is_a_migrated_partition() -> None:
             producer._trn_locks[tid] = asyncio.Lock()
         offsets = {TP("t", 5): 10}
         await producer.commit_transactions({fenced_tid: offsets, ok_tid: {TP("t", 6): 3}}, app.conf.id)
+        await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)  # stopped in the background
         assert ok.calls == ["offsets", "commit", "begin"]
         assert fenced.calls == ["offsets", "stop"]
         assert (

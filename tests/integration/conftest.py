@@ -46,8 +46,29 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
         if result:
             return result
         if time.monotonic() > deadline:
+            _dump_live_workers(what)
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
+
+
+_LIVE: list[Worker] = []
+
+
+def _dump_live_workers(what: str) -> None:
+    """With VELOCITY_TEST_PYSPY=1 and py-spy installed: each live worker's stacks, into its log.
+
+    For a wait that timed out: where each worker was stuck (a debugging aid, never a result).
+    """
+    spy = Path(sys.executable).with_name("py-spy")
+    if not os.environ.get("VELOCITY_TEST_PYSPY") or not spy.exists():
+        return
+    for w in _LIVE:
+        if w.proc is not None and w.alive():
+            argv = [str(spy), "dump", "--pid", str(w.proc.pid), "--locals"]
+            out = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+            with w.log_path.open("ab") as f:
+                f.write(f"\n===== py-spy dump: timed out waiting for {what} =====\n".encode())
+                f.write(out.stdout + out.stderr)
 
 
 # Test traffic goes straight to the workers' addresses, never through a proxy from the environment.
@@ -102,6 +123,7 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _LIVE.append(self)
         return self
 
     def alive(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import itertools
 import logging
@@ -409,6 +410,30 @@ class FeatureBatches:
         self.topics = frozenset({settings.transactions_topic, settings.rekey_topic})
 
     async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
+        """Process one fetch to its end, even when the fetcher is cancelled meanwhile.
+
+        Faust cancels the fetcher (which runs this) when the worker stops,
+        then closes the tables and commits. A batch left half-way would leave
+        outputs in the producer (in the open transaction, under exactly_once)
+        for messages whose offsets that commit would not cover: they would be
+        processed and published again after the restart. So the batch runs in
+        a task of its own and finishes first (bounded: one fetch), then the
+        cancellation goes on. A producer failure that is not fencing stops
+        the worker before any offset of the batch is committed.
+        """
+        task = asyncio.ensure_future(self._process(batches, generation))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        task.add_done_callback(_stop_if_failed)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():  # bounded: one fetch; Faust's fetcher stop waits and re-cancels
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([task])
+            raise
+
+    async def _process(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
         async with app.message_boundary:
             for tp, records in batches.items():
                 if not app.generation_is_current(generation):
@@ -443,6 +468,14 @@ class FeatureBatches:
         finally:
             work.state.flush()
         await work.outbox.flush()
+
+
+def _stop_if_failed(task: asyncio.Future[Any]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.critical("the batch failed (%r); stopping before its offsets are committed", exc, exc_info=exc)
+        logging.shutdown()
+        os._exit(70)
 
 
 app.batch_handler = FeatureBatches()

@@ -231,3 +231,21 @@ async def test_a_long_batch_lets_other_tasks_run(agent: tuple[Any, Sent]) -> Non
         task.cancel()
     assert len(ticks) >= 100  # it ran between the records, not only before and after the batch
     assert len(sent.by_topic["features"]) == 200
+
+
+async def test_a_batch_cancelled_half_way_still_finishes_before_the_cancel_goes_on(
+    agent: tuple[Any, Sent],
+) -> None:
+    """Faust cancels the fetcher at shutdown, then commits: the batch and its outputs must be whole."""
+    _, sent = agent
+    tp = input_tp()
+    batch = [Record(k, b"ivy", tx(f"i{k}", user="ivy", ts=NOW - 3000 + k)) for k in range(100)]
+    with patch.object(features, "YIELD_EVERY_S", 0.0):
+        fetch = asyncio.ensure_future(batches()({tp: batch}, app.consumer_generation_id))
+        while not sent.by_topic.get("features") and not windows._cache.get("ivy"):
+            await asyncio.sleep(0)
+        fetch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+    assert len(sent.by_topic["features"]) == 100
+    assert app.processed_through[tp] == 99

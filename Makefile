@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-unit lint clean bench bench-quick redis
+.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ demo: setup kafka
 ## test: every test (unit, agent, integration against the local Kafka)
 test: setup kafka
 	$(BIN)/pytest
+
+## test-eos-repeat: the exactly-once scenarios N times in a row (default 10), stopping at the first failure
+test-eos-repeat: setup kafka
+	@for i in $$(seq 1 $(or $(N),10)); do \
+	  echo "exactly-once round $$i"; \
+	  $(BIN)/pytest -x -q tests/integration/test_exactly_once.py tests/integration/test_broker_restart.py \
+	    tests/integration/test_restart.py -k "exactly or test_one or test_a_" || exit 1; \
+	done
 
 test-unit: setup
 	$(BIN)/pytest tests/unit tests/agent

@@ -42,7 +42,7 @@ from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
-from app.faust_ext import is_fencing, kafka_producer
+from app.faust_ext import kafka_producer
 from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
 from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
 from records.schema import DeadLetter, UserFeatures
@@ -146,7 +146,7 @@ async def send(
             raise ProducerSendError(f"No transaction producer found for : {tid}")
         fut: asyncio.Future[Any] = await producer.send(topic_name, value, key=key, partition=partition)
     except Exception as exc:
-        if tid is None or not is_fencing(exc):
+        if tid is None or not app.transaction_lost(tid, exc):
             raise
         await app.task_migrated(tid, exc)
         return _dropped()
@@ -166,7 +166,7 @@ def _check_delivered(tid: str | None, fut: Any) -> None:
     exc = fut.exception()
     if exc is None:
         return
-    if tid is not None and is_fencing(exc):
+    if tid is not None and app.transaction_lost(tid, exc):
         task = asyncio.ensure_future(app.task_migrated(tid, exc))
         _background.add(task)
         task.add_done_callback(_background.discard)
@@ -221,7 +221,7 @@ async def send_many(
         try:
             fut: asyncio.Future[Any] = await producer.send_batch(builder, topic_name, partition=partition)
         except Exception as exc:
-            if tid is None or not is_fencing(exc):
+            if tid is None or not app.transaction_lost(tid, exc):
                 raise
             await app.task_migrated(tid, exc)
             return
@@ -233,11 +233,6 @@ async def send_many(
 def _changelog_batch_delivered(count: int, fut: Any) -> None:
     if not fut.cancelled() and fut.exception() is None:
         on_changelog_delivered(fut.result(), count)
-
-
-def _persisted(fut: Any) -> None:
-    if not fut.cancelled() and fut.exception() is None:
-        on_changelog_delivered(fut.result())
 
 
 class Outbox:

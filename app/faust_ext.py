@@ -325,7 +325,7 @@ class Producer(faust_aiokafka.Producer):
             try:
                 await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
             except Exception as exc:
-                if not is_fencing(exc):
+                if not app.transaction_lost(tid, exc):
                     raise
                 await app.task_migrated(tid, exc)
 
@@ -460,6 +460,23 @@ class ExtendedApp(faust.App):
     def _new_producer_transport(self) -> Transport:
         return Transport(self.conf.broker_producer, self)
 
+    def transaction_lost(self, transactional_id: str, exc: BaseException) -> bool:
+        """Whether ``exc`` means the transaction of ``transactional_id`` can never commit.
+
+        Fencing (:func:`is_fencing`), or a transactional producer that failed
+        for good: aiokafka stops a producer's sender on an error it does not
+        retry (seen: a connection closed during a coordinator lookup while the
+        broker restarted) and fails everything pending with it. Either way
+        the broker aborts the transaction; like fencing, that is a migrated
+        partition (:meth:`task_migrated`), not a reason to stop the worker.
+        Any other producer error is a real failure.
+        """
+        if is_fencing(exc):
+            return True
+        producer = kafka_producer(self, transactional_id)
+        txn_manager = getattr(producer, "_txn_manager", None)
+        return bool(txn_manager is not None and txn_manager.is_fatal_error())
+
     async def task_migrated(self, transactional_id: str, exc: BaseException) -> None:
         """The transaction of ``transactional_id`` was fenced: close its partition dirty and rejoin.
 
@@ -475,7 +492,7 @@ class ExtendedApp(faust.App):
         self.fenced_transactional_ids.add(transactional_id)
         partition = int(transactional_id.rsplit("-", 1)[1])
         log.warning(
-            "transaction %s was fenced (%r): partition %s has migrated; "
+            "transaction %s was fenced or its producer failed (%r): partition %s has migrated; "
             "dropping its uncommitted work and rejoining the group",
             transactional_id,
             exc,

@@ -152,6 +152,50 @@ async def test_a_fenced_transaction_is_a_migrated_partition() -> None:
         producer._transaction_producers.pop(ok_tid, None)
 
 
+class FailedTxnManager:
+    def __init__(self, fatal: bool) -> None:
+        self.fatal = fatal
+
+    def is_fatal_error(self) -> bool:
+        return self.fatal
+
+
+class FailedTransactionProducer(FakeTransactionProducer):
+    """A producer whose sender stopped on an error it does not retry (a broker restart, seen in CI)."""
+
+    def __init__(self, fatal: bool) -> None:
+        super().__init__(fenced=False)
+        self._txn_manager = FailedTxnManager(fatal)
+
+    async def send_offsets_to_transaction(self, offsets: object, group_id: str) -> None:
+        self.calls.append("offsets")
+        raise kafka_errors.KafkaError("Unexpected error during batch delivery")
+
+
+@pytest.mark.parametrize("fatal", [True, False])
+async def test_a_failed_transactional_producer_is_a_migrated_partition_other_errors_are_not(
+    fatal: bool,
+) -> None:
+    producer = app.producer
+    assert isinstance(producer, Producer)
+    tid = f"{app.conf.id}-1-7"
+    failed = FailedTransactionProducer(fatal)
+    producer._transaction_producers[tid] = failed
+    producer._trn_locks[tid] = asyncio.Lock()
+    try:
+        if fatal:
+            await producer.commit_transactions({tid: {TP("t", 7): 4}}, app.conf.id)
+            assert tid in app.fenced_transactional_ids and tid not in producer._transaction_producers
+        else:  # the producer still works: this error is a real failure, and stops the commit
+            with pytest.raises(kafka_errors.KafkaError):
+                await producer.commit_transactions({tid: {TP("t", 7): 4}}, app.conf.id)
+            assert tid not in app.fenced_transactional_ids
+    finally:
+        await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)
+        app.fenced_transactional_ids.clear()
+        producer._transaction_producers.pop(tid, None)
+
+
 @pytest.mark.parametrize(
     ("exc", "fencing"),
     [

@@ -297,6 +297,8 @@ def is_fencing(exc: BaseException) -> bool:
 
 #: How long a fenced producer gets to stop (in the background) before it is abandoned.
 FENCED_STOP_TIMEOUT_S = 30.0
+#: A transaction commit that takes longer is given up (see Producer.commit_transactions).
+TRANSACTION_COMMIT_TIMEOUT_S = 30.0
 _stopping: set[asyncio.Future[None]] = set()
 
 
@@ -323,11 +325,32 @@ class Producer(faust_aiokafka.Producer):
             if tid in app.fenced_transactional_ids:
                 continue  # migrated: its messages are processed again by the partition's owner
             try:
-                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
+                await asyncio.wait_for(
+                    super().commit_transactions({tid: offsets}, group_id, start_new_transaction),
+                    TRANSACTION_COMMIT_TIMEOUT_S,
+                )
+            except TimeoutError as exc:
+                # aiokafka waits for a transaction's end without a limit, and the caller holds
+                # app.message_boundary: a commit that never returns stops the stream and every
+                # rebalance. Kafka commits or aborts the transaction as a whole either way, so
+                # giving it up is safe: the partition is migrated (state restored from the
+                # changelog, messages processed again from the committed offsets).
+                await app.task_migrated(tid, exc)
             except Exception as exc:
                 if not app.transaction_lost(tid, exc):
                     raise
                 await app.task_migrated(tid, exc)
+
+    async def stop_transaction(self, transactional_id: str) -> None:
+        """A revoked partition's producer: stopped in the background, like a fenced one.
+
+        Faust (0.15.3) awaits ``stop()`` inside the revocation; a producer
+        whose sender keeps retrying never lets it return, and the group's
+        rebalance waits for the revocation. Its transaction was committed at
+        the revocation (``Consumer.on_partitions_revoked``) or can only be
+        aborted; nothing is lost by not waiting.
+        """
+        await self.drop_transaction_producer(transactional_id)
 
     async def drop_transaction_producer(self, transactional_id: str) -> None:
         """Forget a fenced producer; Faust makes a new one when the partition is assigned again.

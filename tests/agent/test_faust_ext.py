@@ -196,6 +196,30 @@ async def test_a_failed_transactional_producer_is_a_migrated_partition_other_err
         producer._transaction_producers.pop(tid, None)
 
 
+class HangingTransactionProducer(FakeTransactionProducer):
+    async def commit_transaction(self) -> None:
+        self.calls.append("commit")
+        await asyncio.Event().wait()  # aiokafka's wait for the transaction's end, never answered
+
+
+async def test_a_transaction_commit_that_never_returns_is_given_up() -> None:
+    """Producer.commit_transactions: a hung commit must not hold the stream (and rebalances) forever."""
+    producer = app.producer
+    assert isinstance(producer, Producer)
+    tid = f"{app.conf.id}-1-8"
+    producer._transaction_producers[tid] = HangingTransactionProducer(fenced=False)
+    producer._trn_locks[tid] = asyncio.Lock()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(faust_ext, "TRANSACTION_COMMIT_TIMEOUT_S", 0.05)
+            await asyncio.wait_for(producer.commit_transactions({tid: {TP("t", 8): 1}}, app.conf.id), 10)
+        assert tid in app.fenced_transactional_ids and tid not in producer._transaction_producers
+    finally:
+        await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)
+        app.fenced_transactional_ids.clear()
+        producer._transaction_producers.pop(tid, None)
+
+
 @pytest.mark.parametrize(
     ("exc", "fencing"),
     [

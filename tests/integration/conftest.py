@@ -295,6 +295,7 @@ class TopicReader:
         deadline = time.monotonic() + timeout_s
         while not condition(self.messages):
             if time.monotonic() > deadline:
+                _dump_live_workers(what)
                 raise AssertionError(
                     f"timed out after {timeout_s:.0f}s waiting for {what} on {self.topic} "
                     f"(have {len(self.messages)} messages)"
@@ -319,6 +320,7 @@ class TopicReader:
             if all(positions[tp] >= end for tp, end in ends.items()):
                 return self.messages
             if time.monotonic() > deadline:
+                _dump_live_workers(f"{self.topic} to its end")
                 raise AssertionError(f"timed out reading {self.topic} to {ends} (at {positions})")
             batch = await self._consumer.getmany(timeout_ms=500)
             for records in batch.values():

@@ -96,7 +96,8 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert result["heavy_user_ratio"] > 0
     assert result["details"]["velocity_exactly_once"]["tx_s"] > 0
     two = result["details"]["two_workers"]
-    assert two["records"] == two["expected"] and two["vs_one_worker"] > 0, two
+    # At-least-once: the rebalance between the two may redo some records.
+    assert two["records"] >= two["expected"] and two["vs_one_worker"] > 0, two
     bindings = result["details"]["rocksdb_bindings"]
     if "skipped" in bindings:  # its venv could not be built here (no network): a reason, no figures
         assert bindings["skipped"] and result["rocksdb_binding"] == "", bindings

@@ -201,13 +201,13 @@ async def send_many(
     if not records or (tid is not None and tid in app.fenced_transactional_ids):
         return
     producer = kafka_producer(app, tid)
+    if producer is None:
+        if tid is None:
+            raise ProducerSendError("the producer is not running")
+        await app.task_migrated(tid, ProducerSendError(f"No transaction producer found for : {tid}"))
+        return
     pending = iter(records)
     while True:
-        if producer is None:
-            if tid is None:
-                raise ProducerSendError("the producer is not running")
-            await app.task_migrated(tid, ProducerSendError(f"No transaction producer found for : {tid}"))
-            return
         builder = producer.create_batch()
         count = 0
         for key, value in pending:

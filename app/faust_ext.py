@@ -114,8 +114,8 @@ class Consumer(faust_aiokafka.Consumer):
         (table changelogs while recovering, standbys) still takes Faust's
         path, record by record. What Faust does per message and the batch
         path keeps: skipping records fetched before a rebalance (flow
-        suspended or generation changed), the read offset, and — through
-        ``app.processed_through``, see ``_new_offset``) the offsets to commit.
+        suspended or generation changed), the read offset, and the offsets
+        to commit (through ``app.processed_through``, see ``_new_offset``).
 
         Test: every integration test (the batch path is the only path for the input topics).
         """

@@ -375,14 +375,21 @@ class Run:
                 rps=self.rps,
                 duration_s=s.steady_s,
                 warmup_s=s.warmup_s,
+                work=self.work / name,
+                floor_rps=max(1.0, self.rps / 4),
             )
         )
         q = harness.quantile
+        floor_kafka, floor_http = res.delivery_floor_ms, res.http_floor_ms
         fresh = {"rate_tx_s": rate, "p50": q(res.fresh_ms, 0.5), "p99": q(res.fresh_ms, 0.99)}
         lookup = {"rps": self.rps, "p50": q(res.lookup_ms, 0.5), "p99": q(res.lookup_ms, 0.99)}
         self.details[name] = {
             "freshness_ms": fresh,
             "lookup_ms": lookup,
+            # The floors, measured at the same time: Kafka's delivery to a plain consumer of the
+            # input, and GET /health on the same worker.
+            "delivery_floor_ms": {"p50": q(floor_kafka, 0.5), "p99": q(floor_kafka, 0.99)},
+            "http_floor_ms": {"p50": q(floor_http, 0.5), "p99": q(floor_http, 0.99)},
             "sent": res.sent,
             "records_timed": len(res.fresh_ms),
             "records_missing": res.missing_records,
@@ -396,7 +403,7 @@ class Run:
             self.note(
                 f"{name}: {res.missing_records} records sent after the warm-up came back too late to time"
             )
-        if set(res.lookup_status) - {200}:
+        if set(res.lookup_status) - {"200"}:
             self.note(f"{name}: lookup statuses {res.lookup_status}")
         return {"freshness_ms": fresh, "lookup_ms": lookup}
 
@@ -695,6 +702,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     catchup = details.get("catchup", {})
     half = details.get("steady_half_rate", {}).get("freshness_ms", {})
     half_lk = details.get("steady_half_rate", {}).get("lookup_ms", {})
+    floor_kafka = details.get("steady", {}).get("delivery_floor_ms", {})
+    floor_http = details.get("steady", {}).get("http_floor_ms", {})
     rows = [  # (scenario, row)
         (
             "steady",
@@ -705,6 +714,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "steady",
             f"| lookup at {lk['rps']:,.0f} req/s under ingest, p50 / p99 | "
             f"{fmt(lk['p50'], ' ms')} / {fmt(lk['p99'], ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| floors at the same time: Kafka delivery to a plain consumer, p50 / p99 | "
+            f"{fmt(floor_kafka.get('p50'), ' ms')} / {fmt(floor_kafka.get('p99'), ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| floors at the same time: GET /health on the worker, p50 / p99 | "
+            f"{fmt(floor_http.get('p50'), ' ms')} / {fmt(floor_http.get('p99'), ' ms')} |",
         ),
         (
             "steady",

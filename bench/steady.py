@@ -3,25 +3,29 @@
 The harness produces ``rate`` transactions/s (Zipf-like users, the
 simulator's model) to the worker's input topic, reads its output topic, and
 for every feature record takes ``computed_at`` minus the input message's
-Kafka timestamp (set by the harness when it sends). At the same time it asks
+Kafka timestamp (set by the harness when it sends). At the same time, from
+processes of their own (bench/probe.py), a client asks
 ``GET /features/{user_id}`` ``rps`` times a second for users the worker
-already holds, and times each answer. The first ``warmup_s`` seconds are
-not counted.
+already holds and ``GET /health`` ``floor_rps`` times a second (the floor of
+any answer), and a plain consumer of the input topic records Kafka's own
+delivery latency (the floor of freshness). The first ``warmup_s`` seconds
+are not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import json
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
-import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.harness import bootstrap
+from bench.probe import paced
 
 ASSIGNMENT_TIMEOUT_S = 60.0
 
@@ -32,23 +36,26 @@ class SteadyResult:
     sent: int = 0
     fresh_ms: list[float] = field(default_factory=list)
     lookup_ms: list[float] = field(default_factory=list)
-    lookup_status: dict[int, int] = field(default_factory=dict)
+    lookup_status: dict[str, int] = field(default_factory=dict)
     missing_records: int = 0
+    #: GET /health on the same worker at the same time: the floor of any lookup.
+    http_floor_ms: list[float] = field(default_factory=list)
+    #: A plain consumer of the input topic: arrival minus Kafka timestamp, the floor of freshness.
+    delivery_floor_ms: list[float] = field(default_factory=list)
 
 
-async def _paced(rate: float, duration_s: float, each: Any) -> None:
-    """Call ``each(i)`` ``rate`` times a second for ``duration_s``, in 10 ms slices (no drift)."""
-    start = time.monotonic()
-    done = 0
-    while True:
-        elapsed = time.monotonic() - start
-        if elapsed >= duration_s:
-            return
-        due = min(int(elapsed * rate) + 1, int(duration_s * rate))
-        while done < due:
-            await each(done)
-            done += 1
-        await asyncio.sleep(0.01)
+async def _probe(role: str, args: list[str], out: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.probe", role, *args, "--out", str(out)
+    )
+
+
+async def _wait_file(path: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"probe did not get ready (exit {proc.returncode})")
+        await asyncio.sleep(0.05)
 
 
 async def run_steady(
@@ -62,86 +69,120 @@ async def run_steady(
     rps: float,
     duration_s: float,
     warmup_s: float,
+    work: Path,
+    floor_rps: float = 50.0,
 ) -> SteadyResult:
     result = SteadyResult(rate)
     sent_at: dict[str, float] = {}  # transaction_id -> Kafka timestamp (s)
+    work.mkdir(parents=True, exist_ok=True)
+    users_file, lookups_out, delivery_out, delivery_ready = (
+        work / "lookup-users.txt",
+        work / "lookups.json",
+        work / "delivery.json",
+        work / "delivery.ready",
+    )
+    users_file.write_text("\n".join(lookup_users) + "\n")
+    for f in (lookups_out, delivery_out, delivery_ready):
+        f.unlink(missing_ok=True)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
     consumer = AIOKafkaConsumer(output_topic, bootstrap_servers=bootstrap(), auto_offset_reset="latest")
     await producer.start()
     await consumer.start()
-    # Subscribe and settle on the end of the output before sending anything.
-    deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-    while not consumer.assignment():
-        if time.monotonic() > deadline:
-            await producer.stop()
-            await consumer.stop()
-            raise TimeoutError(f"no partition of {output_topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
-        await consumer.getmany(timeout_ms=200)
-    for tp in consumer.assignment():
-        await consumer.position(tp)
-    t_warm = time.time() + warmup_s
-    stop = asyncio.Event()
-
-    async def produce(i: int) -> None:
-        key, value = transactions[i % len(transactions)]
-        now = time.time()
-        txid = orjson.loads(value)["transaction_id"]
-        sent_at[txid] = now
-        await producer.send(input_topic, value, key=key, timestamp_ms=int(now * 1000))
-        result.sent += 1
-
-    async def read() -> None:
-        # After the last send, read on until every record is back or 10 s pass without one.
-        seen = 0
-        quiet_since = time.monotonic()
-        while not stop.is_set() or (seen < result.sent and time.monotonic() - quiet_since < 10):
-            batch = await consumer.getmany(timeout_ms=200)
-            if batch:
-                quiet_since = time.monotonic()
-            for records in batch.values():
-                for r in records:
-                    seen += 1
-                    v = orjson.loads(r.value)
-                    t_in = sent_at.get(v.get("transaction_id", ""))
-                    if t_in is not None and t_in >= t_warm:
-                        result.fresh_ms.append((v["computed_at"] - t_in) * 1000.0)
-
-    rng = random.Random(5)
-
-    async def lookups(session: aiohttp.ClientSession) -> None:
-        pending: set[asyncio.Task[None]] = set()
-
-        async def one(_: int) -> None:
-            user = rng.choice(lookup_users)
-
-            async def ask() -> None:
-                t0 = time.perf_counter()
-                async with session.get(f"{web_url}/features/{user}") as resp:
-                    await resp.read()
-                ms = (time.perf_counter() - t0) * 1000.0
-                if time.time() >= t_warm:
-                    result.lookup_status[resp.status] = result.lookup_status.get(resp.status, 0) + 1
-                    result.lookup_ms.append(ms)
-
-            task = asyncio.create_task(ask())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-        await _paced(rps, duration_s, one)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    reader = asyncio.create_task(read())
+    # The plain consumer reads the input alongside the worker, from its end, until 3 s after the
+    # last send (its clock starts once it is ready; sending starts then).
+    delivery_proc = await _probe(
+        "delivery",
+        [
+            "--topic",
+            input_topic,
+            "--duration",
+            str(duration_s + 3.0),
+            "--warmup",
+            str(warmup_s),
+            "--ready",
+            str(delivery_ready),
+        ],
+        delivery_out,
+    )
+    lookups_proc: asyncio.subprocess.Process | None = None
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-            await asyncio.gather(_paced(rate, duration_s, produce), lookups(session))
-        await producer.flush()
-        stop.set()
-        await asyncio.wait_for(reader, timeout=600)
+        # Subscribe and settle on the end of the output before sending anything.
+        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition of {output_topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
+            await consumer.getmany(timeout_ms=200)
+        for tp in consumer.assignment():
+            await consumer.position(tp)
+        await _wait_file(delivery_ready, delivery_proc, ASSIGNMENT_TIMEOUT_S)
+        t_warm = time.time() + warmup_s
+        stop = asyncio.Event()
+
+        async def produce(i: int) -> None:
+            key, value = transactions[i % len(transactions)]
+            now = time.time()
+            txid = orjson.loads(value)["transaction_id"]
+            sent_at[txid] = now
+            await producer.send(input_topic, value, key=key, timestamp_ms=int(now * 1000))
+            result.sent += 1
+
+        async def read() -> None:
+            # After the last send, read on until every record is back or 10 s pass without one.
+            seen = 0
+            quiet_since = time.monotonic()
+            while not stop.is_set() or (seen < result.sent and time.monotonic() - quiet_since < 10):
+                batch = await consumer.getmany(timeout_ms=200)
+                if batch:
+                    quiet_since = time.monotonic()
+                for records in batch.values():
+                    for r in records:
+                        seen += 1
+                        v = orjson.loads(r.value)
+                        t_in = sent_at.get(v.get("transaction_id", ""))
+                        if t_in is not None and t_in >= t_warm:
+                            result.fresh_ms.append((v["computed_at"] - t_in) * 1000.0)
+
+        reader = asyncio.create_task(read())
+        try:
+            lookups_proc = await _probe(
+                "lookups",
+                [
+                    "--url",
+                    web_url,
+                    "--users",
+                    str(users_file),
+                    "--rps",
+                    str(rps),
+                    "--floor-rps",
+                    str(floor_rps),
+                    "--duration",
+                    str(duration_s),
+                    "--warmup",
+                    str(warmup_s),
+                ],
+                lookups_out,
+            )
+            await paced(rate, duration_s, produce)
+            await producer.flush()
+            stop.set()
+            await asyncio.wait_for(reader, timeout=600)
+            await asyncio.wait_for(lookups_proc.wait(), timeout=120)
+            await asyncio.wait_for(delivery_proc.wait(), timeout=120)
+        finally:
+            reader.cancel()
     finally:
-        reader.cancel()
+        for proc in (lookups_proc, delivery_proc):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
         await producer.stop()
         await consumer.stop()
     counted = sum(1 for t in sent_at.values() if t >= t_warm)
     result.missing_records = max(0, counted - len(result.fresh_ms))
+    if lookups_out.exists():
+        lk = json.loads(lookups_out.read_text())
+        result.lookup_ms, result.lookup_status = lk["lookup_ms"], lk["lookup_status"]
+        result.http_floor_ms = lk["floor_ms"]
+    if delivery_out.exists():
+        result.delivery_floor_ms = json.loads(delivery_out.read_text())["delivery_ms"]
     return result

@@ -69,6 +69,9 @@ def _dump_live_workers(what: str) -> None:
             with w.log_path.open("ab") as f:
                 f.write(f"\n===== py-spy dump: timed out waiting for {what} =====\n".encode())
                 f.write(out.stdout + out.stderr)
+            # mode's Worker answers SIGUSR1 with every thread's stack and every asyncio task's
+            # (what a wedged coroutine waits for), on the worker's stderr: its log.
+            os.kill(w.proc.pid, signal.SIGUSR1)
 
 
 # Test traffic goes straight to the workers' addresses, never through a proxy from the environment.

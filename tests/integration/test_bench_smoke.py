@@ -84,6 +84,9 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for figure in ("freshness_ms", "lookup_ms"):
         p50, p99 = result[figure]["p50"], result[figure]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (figure, result[figure])
+    for floor in ("delivery_floor_ms", "http_floor_ms"):
+        p50, p99 = result["details"]["steady"][floor]["p50"], result["details"]["steady"][floor]["p99"]
+        assert p50 is not None and p99 is not None and 0 < p50 <= p99, (floor, result["details"]["steady"])
     assert result["details"]["steady"]["lookup_status"] == {
         "200": result["details"]["steady"]["lookups_timed"]
     }

@@ -28,7 +28,7 @@ from app.faust_ext import (
     disconnect,
     is_fencing,
 )
-from app.main import app
+from app.main import app, settings
 
 
 def test_the_installed_faust_is_the_one_the_extensions_were_written_for() -> None:
@@ -74,6 +74,48 @@ async def test_a_commit_waits_for_the_message_being_processed() -> None:
     assert did_commit is False  # nothing was acked: nothing to commit, no signal
     assert received == []
     disconnect(app.on_offsets_committed, on_committed)
+
+
+async def test_an_at_least_once_commit_does_not_hold_the_boundary() -> None:
+    """Consumer.force_commit (at-least-once): offsets are taken under app.message_boundary, and
+    the flush and commit request run after it is released, so batches go on meanwhile."""
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer) and not app.in_transaction
+    tp = TP(settings.transactions_topic, 0)
+    committing = asyncio.Event()
+    release = asyncio.Event()
+    committed: list[dict[TP, int]] = []
+
+    async def slow_commit(offsets: dict[TP, int], start_new_transaction: bool = True) -> bool:
+        committing.set()
+        await release.wait()  # the broker round trips
+        committed.append(dict(offsets))
+        return True
+
+    class Handler:  # the batch path: offsets come from app.processed_through
+        topics = frozenset({tp.topic})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(consumer, "_commit_offsets", slow_commit)
+        mp.setattr(app, "batch_handler", Handler())
+        # Locks of this test's event loop (an asyncio.Lock stays bound to the loop it first waited in).
+        mp.setattr(app, "message_boundary", asyncio.Lock())
+        mp.setitem(consumer.__dict__, "_commit_serial", asyncio.Lock())
+        app.processed_through[tp] = 41
+        try:
+            async with app.message_boundary:  # a batch in progress: the offsets wait for it
+                commit = asyncio.ensure_future(consumer.force_commit())
+                for _ in range(50):
+                    await asyncio.sleep(0)
+                assert not committing.is_set(), "offsets taken while a batch was being processed"
+                app.processed_through[tp] = 42  # the batch's last record
+            await asyncio.wait_for(committing.wait(), 10)
+            assert not app.message_boundary.locked(), "the commit request holds up the next batch"
+            release.set()
+            assert await asyncio.wait_for(commit, 10) is True
+            assert committed == [{tp: 43}]
+        finally:
+            app.processed_through.clear()
 
 
 async def test_a_gap_does_not_ack_the_message_after_it() -> None:

@@ -131,14 +131,11 @@ class Consumer(faust_aiokafka.Consumer):
         read_offset = self._read_offset
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                # The generation the fetch starts in: records of a fetch that a rebalance
-                # overtook are from the old assignment's positions (before the seek to the
-                # committed offsets), and are fetched again from there.
-                generation = app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if not records or self.should_stop or app.consumer_generation_id != generation:
+                if not records or self.should_stop:
                     continue
+                generation = app.consumer_generation_id
                 batches: dict[TP, list[Any]] = {}
                 for tp, tp_records in records.items():
                     if not tp_records or not (

@@ -6,10 +6,6 @@ In-process with the App (memory store, no broker): the consumer is built but nev
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any
 
 import faust
 import pytest
@@ -32,7 +28,7 @@ from app.faust_ext import (
     disconnect,
     is_fencing,
 )
-from app.main import app, settings
+from app.main import app
 
 
 def test_the_installed_faust_is_the_one_the_extensions_were_written_for() -> None:
@@ -280,68 +276,3 @@ def test_a_message_is_processed_once_per_generation() -> None:
     assert app.is_stale(Msg(6, current))
     assert not app.is_stale(second)
     assert app.is_stale(Msg(9, current - 1))  # fetched before a rebalance
-
-
-class _Stopped:
-    def __init__(self) -> None:
-        self.stopped = False
-
-    def is_set(self) -> bool:
-        return self.stopped
-
-
-class _DrainingConsumer:
-    """What ``Consumer._drain_messages`` reads of its consumer: each fetch is scripted."""
-
-    consumer_stopped_errors = ()
-    should_stop = False
-    flow_active = True
-    _buffered_partitions: set[TP] = set()
-
-    def __init__(self, fetches: list[tuple[bool, dict[TP, list[object]]]], stopped: _Stopped) -> None:
-        self.app = app
-        self.fetches = fetches
-        self._stopped = stopped
-        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
-        self.callback = None
-        self.log = logging.getLogger("test")
-
-    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[object]], None]:
-        rebalanced, records = self.fetches.pop(0)
-        if rebalanced:  # a rebalance completes while this fetch waits
-            app.consumer_generation_id += 1
-        if not self.fetches:
-            self._stopped.stopped = True
-        return records, None
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _Record:
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-
-async def test_a_fetch_overtaken_by_a_rebalance_is_not_processed() -> None:
-    """Its records come from the old assignment's positions, before the seek to the committed
-    offsets: processed, they would count as done in the new generation and never be read again."""
-    tp = TP(settings.transactions_topic, 0)
-    handled: list[tuple[list[int], int]] = []
-
-    class Handler:
-        topics = frozenset({tp.topic})
-
-        async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
-            handled.append(([r.offset for r in batches[tp]], generation))
-
-    stopped = _Stopped()
-    fake = _DrainingConsumer([(True, {tp: [_Record(7)]}), (False, {tp: [_Record(7), _Record(8)]})], stopped)
-    saved_handler, saved_generation = app.batch_handler, app.consumer_generation_id
-    app.batch_handler = Handler()
-    try:
-        await Consumer._drain_messages(fake, type("Fetcher", (), {"_stopped": _Stopped()})())  # type: ignore[arg-type]
-    finally:
-        app.batch_handler, generation_now = saved_handler, app.consumer_generation_id
-        app.consumer_generation_id = saved_generation
-    assert handled == [([7, 8], generation_now)]

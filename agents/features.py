@@ -128,8 +128,9 @@ async def send(
     Straight to the aiokafka producer behind Faust's (its transaction's,
     under exactly_once): Faust's ``Producer.send`` adds a signal and a lock
     per message that we do not use. Delivery is awaited by the offset
-    commit: Faust flushes the producer before committing offsets, and a
-    transaction commit flushes it too. A message the producer gives up on
+    commit: Faust flushes the producer before committing offsets, and our
+    transaction commit flushes the transaction's producer first
+    (``faust_ext.Producer.commit_transactions``). A message the producer gives up on
     stops the worker before its offset can be committed; a restart processes
     it again and the duplicate rule makes that safe.
 

@@ -241,6 +241,9 @@ class Consumer(faust_aiokafka.Consumer):
             if await super().force_commit():
                 await app.on_offsets_committed.send()
             app.processed_through.clear()
+            producer = app.producer
+            if isinstance(producer, Producer):
+                await producer.drop_all_transaction_producers()
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
@@ -361,7 +364,7 @@ class Producer(faust_aiokafka.Producer):
                 continue  # migrated: its messages are processed again by the partition's owner
             try:
                 await asyncio.wait_for(
-                    super().commit_transactions({tid: offsets}, group_id, start_new_transaction),
+                    self._flush_and_commit(tid, offsets, group_id, start_new_transaction),
                     TRANSACTION_COMMIT_TIMEOUT_S,
                 )
             except TimeoutError as exc:
@@ -376,6 +379,23 @@ class Producer(faust_aiokafka.Producer):
                     raise
                 await app.task_migrated(tid, exc)
 
+    async def _flush_and_commit(
+        self, tid: str, offsets: Mapping[TP, int], group_id: str, start_new_transaction: bool
+    ) -> None:
+        """Wait for the transaction's records to be delivered, then commit it with its offsets.
+
+        aiokafka (0.14) sends the commit (EndTxn) as soon as it is asked to,
+        while records handed to the producer may still be queued or in
+        flight; Kafka's Java producer waits for them first. A record that
+        reaches the broker after the commit is refused (or, on a broker
+        without transaction verification, left in no transaction) while
+        the offset of the message it came from is committed.
+        """
+        producer = self._transaction_producers.get(tid)
+        if producer is not None:
+            await producer.flush()
+        await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
+
     async def stop_transaction(self, transactional_id: str) -> None:
         """A revoked partition's producer: stopped in the background, like a fenced one.
 
@@ -386,6 +406,23 @@ class Producer(faust_aiokafka.Producer):
         aborted; nothing is lost by not waiting.
         """
         await self.drop_transaction_producer(transactional_id)
+
+    async def drop_all_transaction_producers(self) -> None:
+        """At a revocation, after its commit: every transaction producer, so each generation starts fresh.
+
+        Faust (0.15.3) keeps the producers of partitions assigned again and
+        calls ``begin_transaction`` on them. A worker that lost its
+        membership (paused or cut off past its session timeout) keeps
+        producers another worker has fenced meanwhile; reused, the first
+        send or commit of the new generation fails as fenced and forces a
+        second rebalance. Kafka Streams closes the tasks of a lost member
+        and makes new producers; so do we, for every rebalance: what each
+        had to commit was committed just before (``Consumer.on_partitions_revoked``),
+        and a new producer's ``init_transactions`` aborts whatever a fenced
+        one left open.
+        """
+        for transactional_id in list(self._transaction_producers):
+            await self.drop_transaction_producer(transactional_id)
 
     async def drop_transaction_producer(self, transactional_id: str) -> None:
         """Forget a fenced producer; Faust makes a new one when the partition is assigned again.

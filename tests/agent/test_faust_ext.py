@@ -159,6 +159,9 @@ class FakeTransactionProducer:
     async def stop(self) -> None:
         self.calls.append("stop")
 
+    async def flush(self) -> None:
+        self.calls.append("flush")
+
 
 async def test_a_fenced_transaction_is_a_migrated_partition() -> None:
     """Producer.commit_transactions: the others commit, the fenced one is dropped, nothing crashes."""
@@ -179,15 +182,16 @@ async def test_a_fenced_transaction_is_a_migrated_partition() -> None:
         offsets = {TP("t", 5): 10}
         await producer.commit_transactions({fenced_tid: offsets, ok_tid: {TP("t", 6): 3}}, app.conf.id)
         await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)  # stopped in the background
-        assert ok.calls == ["offsets", "commit", "begin"]
-        assert fenced.calls == ["offsets", "stop"]
+        # Its records delivered before the commit (aiokafka does not wait for them itself).
+        assert ok.calls == ["flush", "offsets", "commit", "begin"]
+        assert fenced.calls == ["flush", "offsets", "stop"]
         assert (
             fenced_tid in app.fenced_transactional_ids and fenced_tid not in producer._transaction_producers
         )
         assert migrated == [5]
         # Until the next assignment, the migrated partition's offsets are not committed again.
         await producer.commit_transactions({fenced_tid: offsets}, app.conf.id)
-        assert fenced.calls == ["offsets", "stop"]
+        assert fenced.calls == ["flush", "offsets", "stop"]
     finally:
         disconnect(app.on_task_migrated, on_migrated)
         app.fenced_transactional_ids.clear()
@@ -260,6 +264,25 @@ async def test_a_transaction_commit_that_never_returns_is_given_up() -> None:
         await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)
         app.fenced_transactional_ids.clear()
         producer._transaction_producers.pop(tid, None)
+
+
+async def test_a_revocation_leaves_no_transaction_producer_for_the_next_generation() -> None:
+    """Producer.drop_all_transaction_producers (called by Consumer.on_partitions_revoked after its
+    commit): each is stopped, none is reused by the next assignment (a lost member's could be fenced)."""
+    producer = app.producer
+    assert isinstance(producer, Producer)
+    fakes = {f"{app.conf.id}-1-{p}": FakeTransactionProducer(fenced=False) for p in (9, 10)}
+    for tid, fake in fakes.items():
+        producer._transaction_producers[tid] = fake
+        producer._trn_locks[tid] = asyncio.Lock()
+    try:
+        await producer.drop_all_transaction_producers()
+        assert not set(fakes) & set(producer._transaction_producers)
+        await asyncio.wait_for(asyncio.gather(*list(faust_ext._stopping)), 10)
+        assert all(fake.calls == ["stop"] for fake in fakes.values()), fakes
+    finally:
+        for tid in fakes:
+            producer._transaction_producers.pop(tid, None)
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,9 @@ class Consumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
+        # First offset refused per partition before its generation's seek (see generation_is_current).
+        refetch: dict[TP, int] = {}
+        refetch_generation = -1
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
@@ -154,7 +157,6 @@ class Consumer(faust_aiokafka.Consumer):
                             if not tp_records:
                                 continue
                         batches[tp] = tp_records
-                        read_offset[tp] = tp_records[-1].offset
                         continue
                     for record in tp_records:  # Faust's own path, one record at a time
                         if not self.flow_active or app.consumer_generation_id != generation:
@@ -165,8 +167,39 @@ class Consumer(faust_aiokafka.Consumer):
                                 callback(self._to_message(tp, record)), self.suspend_flow.wait()
                             )
                             read_offset[tp] = record.offset
-                if batches and self.flow_active and app.consumer_generation_id == generation:
-                    await handler(batches, generation)
+                if not (batches and self.flow_active and app.consumer_generation_id == generation):
+                    continue
+                if refetch_generation != generation:
+                    refetch.clear()  # a new generation seeks its partitions again itself
+                    refetch_generation = generation
+                if app.seeked_generation != generation:
+                    # Faust resumed the input partitions before this generation's seek to the
+                    # committed offsets: not processed now, fetched again after the seek.
+                    for tp, tp_records in batches.items():
+                        refetch[tp] = min(refetch.get(tp, tp_records[0].offset), tp_records[0].offset)
+                    continue
+                if refetch:
+                    # Refused records may have been fetched after the seek: go back to where it
+                    # left each partition, or to the first refused record if that is earlier
+                    # (what this fetch holds of those partitions is dropped too).
+                    assigned = self.assignment()
+                    for tp, first in refetch.items():
+                        batches.pop(tp, None)
+                        if tp in assigned:
+                            committed = read_offset[tp]
+                            await self.seek(tp, first if committed is None else min(first, committed))
+                    log.info(
+                        "generation %s: records of %s fetched before the seek to the committed "
+                        "offsets were not processed; fetching them again",
+                        generation,
+                        sorted(f"{tp.topic}[{tp.partition}]" for tp in refetch),
+                    )
+                    refetch.clear()
+                    if not batches:
+                        continue
+                for tp, tp_records in batches.items():
+                    read_offset[tp] = tp_records[-1].offset
+                await handler(batches, generation)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -178,6 +211,15 @@ class Consumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
             raise
+
+    async def perform_seek(self) -> None:
+        """Seek the input partitions to their committed offsets; the generation may process from here."""
+        app = cast(ExtendedApp, self.app)
+        generation = app.consumer_generation_id
+        try:
+            await super().perform_seek()
+        finally:  # a failed seek leaves Faust's positions, which Faust processes from too
+            app.seeked_generation = generation
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         """Faust's acked partitions, and those the batch handler processed records of."""
@@ -511,6 +553,8 @@ class ExtendedApp(faust.App):
         self.fenced_transactional_ids: set[str] = set()
         #: This generation's last processed offset per input partition (what the next commit commits).
         self.processed_through: dict[TP, int] = {}
+        #: The consumer generation whose seek to the committed offsets is done (``Consumer.perform_seek``).
+        self.seeked_generation: int = self.consumer_generation_id
         #: Takes the input topics' records batch by batch (``Consumer._drain_messages``); None: Faust's path.
         self.batch_handler: BatchHandler | None = None
         self.on_offsets_committed = self.on_offsets_committed.with_default_sender(self)
@@ -542,11 +586,21 @@ class ExtendedApp(faust.App):
         return bool(message.offset <= self.processed_through.get(message.tp, -1))
 
     def generation_is_current(self, generation: int) -> bool:
-        """No rebalance has begun since records of consumer generation ``generation`` were fetched."""
+        """Records of consumer generation ``generation`` may be processed now.
+
+        No rebalance has begun since they were fetched, and the generation's
+        seek to the committed offsets is done. Faust (0.15.3) resumes the
+        input partitions before that seek (``Recovery.on_recovery_completed``):
+        records fetched in between were processed, counted as done in
+        ``processed_through``, and skipped when the seek fetched them again;
+        in the repeated paused-worker runs their outputs never reached the
+        log while later commits covered their offsets. Until the seek they
+        are not processed; the seek fetches them again.
+        """
         consumer = self.consumer
         if isinstance(consumer, Consumer) and consumer.revoking:
             return False
-        return bool(self.consumer_generation_id == generation)
+        return bool(self.consumer_generation_id == generation == self.seeked_generation)
 
     def processed(self, message: Any) -> None:
         """The agent processed ``message`` (see :meth:`is_stale`)."""

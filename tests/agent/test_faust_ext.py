@@ -6,6 +6,10 @@ In-process with the App (memory store, no broker): the consumer is built but nev
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import faust
 import pytest
@@ -318,3 +322,93 @@ def test_a_message_is_processed_once_per_generation() -> None:
     assert app.is_stale(Msg(6, current))
     assert not app.is_stale(second)
     assert app.is_stale(Msg(9, current - 1))  # fetched before a rebalance
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+class _DrainingConsumer:
+    """What ``Consumer._drain_messages`` reads of its consumer; each fetch is scripted."""
+
+    consumer_stopped_errors = ()
+    should_stop = False
+    flow_active = True
+    _buffered_partitions: frozenset[TP] = frozenset()
+
+    def __init__(
+        self, tps: set[TP], fetches: list[tuple[Callable[[], None], dict[TP, list[_Record]]]]
+    ) -> None:
+        self.app = app
+        self.fetches = fetches
+        self._stopped = _Flag()
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self.callback = None
+        self.log = logging.getLogger(__name__)
+        self.tps = tps
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self.tps
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self._read_offset[tp] = offset
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[_Record]], None]:
+        before, records = self.fetches.pop(0)
+        before()  # what happens while this fetch waits
+        if not self.fetches:
+            self._stopped.value = True
+        return records, None
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+async def test_records_fetched_before_the_generations_seek_are_fetched_again_after_it() -> None:
+    """Consumer._drain_messages: Faust resumes the input partitions before it seeks them to the
+    committed offsets; what comes in between is not processed (it would count as done and be
+    skipped after the seek), and a partition it came from is sought back once the seek is done."""
+    a, b = TP(settings.transactions_topic, 0), TP(settings.transactions_topic, 1)
+    handled: list[dict[int, list[int]]] = []
+
+    class Handler:
+        topics = frozenset({a.topic})
+
+        async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
+            handled.append({tp.partition: [r.offset for r in rs] for tp, rs in batches.items()})
+
+    def rebalance() -> None:
+        app.consumer_generation_id += 1
+
+    def seek_done() -> None:  # Consumer.perform_seek: committed offset 40 for a
+        fake._read_offset[a] = 40
+        app.seeked_generation = app.consumer_generation_id
+
+    fake = _DrainingConsumer(
+        {a, b},
+        [
+            (rebalance, {a: [_Record(40), _Record(41)]}),  # before the seek: refused
+            (seek_done, {a: [_Record(42)], b: [_Record(7)]}),  # a: sought back to 40, b: processed
+            (lambda: None, {a: [_Record(40), _Record(41), _Record(42)]}),
+        ],
+    )
+    saved = app.batch_handler, app.consumer_generation_id, app.seeked_generation
+    app.batch_handler = Handler()
+    try:
+        fetcher = type("Fetcher", (), {"_stopped": _Flag()})()
+        await Consumer._drain_messages(fake, fetcher)  # type: ignore[arg-type]
+    finally:
+        app.batch_handler, app.consumer_generation_id, app.seeked_generation = saved
+    assert fake.seeks == [(a, 40)]
+    assert handled == [{1: [7]}, {0: [40, 41, 42]}]

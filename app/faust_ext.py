@@ -175,6 +175,12 @@ class Consumer(faust_aiokafka.Consumer):
                 if app.seeked_generation != generation:
                     # Faust resumed the input partitions before this generation's seek to the
                     # committed offsets: not processed now, fetched again after the seek.
+                    if not refetch:
+                        log.info(
+                            "generation %s: input records fetched before the seek to the committed "
+                            "offsets are not processed",
+                            generation,
+                        )
                     for tp, tp_records in batches.items():
                         refetch[tp] = min(refetch.get(tp, tp_records[0].offset), tp_records[0].offset)
                     continue

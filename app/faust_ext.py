@@ -584,10 +584,7 @@ class ExtendedApp(faust.App):
 
         Test: ``tests/agent/test_faust_ext.py::test_a_message_is_processed_once_per_generation``.
         """
-        consumer = self.consumer
-        if isinstance(consumer, Consumer) and consumer.revoking:
-            return True
-        if message.generation_id != self.consumer_generation_id:
+        if not self.generation_is_current(message.generation_id):
             return True
         return bool(message.offset <= self.processed_through.get(message.tp, -1))
 

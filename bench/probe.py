@@ -90,18 +90,23 @@ async def lookups(
     return out
 
 
+async def settle_at_end(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Wait for ``consumer`` (subscribed to ``topic``, ``latest``) to own partitions and sit at their end."""
+    deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
+    while not consumer.assignment():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no partition of {topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
+        await consumer.getmany(timeout_ms=200)
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+
+
 async def delivery(topic: str, duration_s: float, warmup_s: float, ready: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"delivery_ms": []}
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(), auto_offset_reset="latest")
     await consumer.start()
     try:
-        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition of {topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
-            await consumer.getmany(timeout_ms=200)
-        for tp in consumer.assignment():
-            await consumer.position(tp)
+        await settle_at_end(consumer, topic)
         if ready is not None:
             ready.write_text("ready\n")
         t_warm = time.time() + warmup_s

@@ -25,9 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.harness import bootstrap
-from bench.probe import paced
-
-ASSIGNMENT_TIMEOUT_S = 60.0
+from bench.probe import ASSIGNMENT_TIMEOUT_S, paced, settle_at_end
 
 
 @dataclass
@@ -107,13 +105,7 @@ async def run_steady(
     lookups_proc: asyncio.subprocess.Process | None = None
     try:
         # Subscribe and settle on the end of the output before sending anything.
-        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition of {output_topic} assigned in {ASSIGNMENT_TIMEOUT_S:.0f}s")
-            await consumer.getmany(timeout_ms=200)
-        for tp in consumer.assignment():
-            await consumer.position(tp)
+        await settle_at_end(consumer, output_topic)
         await _wait_file(delivery_ready, delivery_proc, ASSIGNMENT_TIMEOUT_S)
         t_warm = time.time() + warmup_s
         stop = asyncio.Event()

@@ -57,6 +57,10 @@ bench: setup kafka redis
 bench-quick: setup kafka redis
 	$(BIN)/python -m bench.run --size quick
 
+## bench-scale: memory, disk, restore and takeover against users in state (100k, 1M, 5M; about 20 minutes)
+bench-scale: setup kafka
+	$(BIN)/python -m bench.scale
+
 # The seed's Redis design needs redis-server: installed with apt-get when missing, else said in one line.
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { echo "bench: redis-server missing; installing it with apt-get" && \

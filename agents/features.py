@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
@@ -48,13 +47,19 @@ from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessag
 from records.schema import DeadLetter, UserFeatures
 from records.transaction import Transaction, parse_transaction
 from tables import restore as _bulk_restore  # noqa: F401  (connects the bulk changelog restore)
+from tables.expiry import TICK_KEY, head_latest_ts
 from tables.user_state import (
     PartitionWriter,
     changelog_topic_name,
+    head_key,
     on_changelog_delivered,
+    owner_partition,
+    stream_times,
+    sweeper,
     user_counts,
     windows,
 )
+from tables.window import UserWindow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ features_topic_name: str = features_topic.get_topic_name()
 
 #: The hot path lets other tasks run at least this often (seconds of work).
 YIELD_EVERY_S = 0.002
+#: Users found expired by the sweep that one batch of a partition deletes, at most.
+EXPIRE_PER_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +81,6 @@ class Origin:
     key: bytes | None
     timestamp_s: float | None
     raw_value: bytes | None
-
-
-def owner_partition(user_key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives the key, as Faust routes."""
-    return int(murmur2(user_key) & 0x7FFFFFFF) % partitions
 
 
 async def send_dead_letter(
@@ -313,10 +315,38 @@ class PartitionWork:
         self.state: PartitionWriter = windows.writer(tp.partition)
         self.outbox = Outbox(self.tid)
 
+    def flush_state(self) -> None:
+        """Write the state batch, with the partition's stream time if it moved."""
+        write = stream_times.take_write(self.partition)
+        if write is not None:
+            self.state.put(*write)
+            self.outbox.add(changelog_topic_name(), self.partition, *write)
+        self.state.flush()
+
     async def finish(self) -> None:
         """Write the state batch, then hand the outputs to the producer."""
-        self.state.flush()
+        self.flush_state()
         await self.outbox.flush()
+
+    def forget_user(self, user_id: str, chunk_numbers: list[int]) -> None:
+        """Expiry: delete the user's head and chunks, here and (tombstones) in the changelog."""
+        changelog = changelog_topic_name()
+        for key, value in windows.delete(user_id, chunk_numbers, self.state):
+            self.outbox.add(changelog, self.partition, key, value)
+        user_counts.on_user_removed(self.partition)
+        app.metrics.on_user_expired()
+
+    def expire_queued(self) -> None:
+        """Delete users the sweep found expired, each checked again against the stored state."""
+        queued = sweeper.take(self.partition, EXPIRE_PER_BATCH)
+        if not queued:
+            return
+        get = self.state.get
+        for user_id in queued:
+            head = get(head_key(user_id))
+            if head is None or not stream_times.is_expired(self.partition, head_latest_ts(head), get):
+                continue  # gone already, or active again since the sweep saw it
+            self.forget_user(user_id, UserWindow.chunk_numbers(head))
 
 
 async def handle_message(
@@ -332,6 +362,8 @@ async def handle_message(
     origin = Origin(topic, partition, offset, key, timestamp_s, value)
     try:
         if topic == settings.rekey_topic:
+            if key == TICK_KEY:
+                return  # its batch deleted the partition's expired users (tables/expiry.py)
             origin, txn = _open_envelope(value or b"")
         else:
             try:
@@ -353,6 +385,9 @@ async def handle_message(
 async def process_transaction(work: PartitionWork, origin: Origin, txn: Transaction) -> None:
     """``txn`` of a user owned by the partition being processed."""
     window = windows.load(txn.user_id, work.state)
+    if window is not None and stream_times.is_expired(work.partition, window.latest_ts_s, work.state.get):
+        work.forget_user(txn.user_id, list(window.chunks))  # SPEC 4, Expiry: it starts anew
+        window = None
     is_new_user = window is None
     if window is None:
         window = windows.new(txn.user_id)
@@ -375,6 +410,9 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
     metrics = app.metrics
     if outcome.verdict == "accepted":
         metrics.on_processed()
+        if stream_times.enabled:
+            stream_times.advance(work.partition, txn.timestamp, work.state.get)
+            sweeper.note_latest(work.partition, txn.timestamp)
         if is_new_user:
             user_counts.on_new_user(work.partition)
     else:
@@ -445,6 +483,8 @@ class FeatureBatches:
         topic, partition = tp.topic, tp.partition
         turn_started = time.monotonic()
         try:
+            if stream_times.enabled:
+                work.expire_queued()
             for record in records:
                 offset = record.offset
                 if offset <= done:
@@ -456,13 +496,13 @@ class FeatureBatches:
                 await handle_message(work, topic, partition, offset, record.key, record.value, timestamp_s)
                 processed_through[tp] = offset
                 if time.monotonic() - turn_started > YIELD_EVERY_S:
-                    work.state.flush()
+                    work.flush_state()
                     await asyncio.sleep(0)
                     turn_started = time.monotonic()
                     if not app.generation_is_current(generation):
                         break
         finally:
-            work.state.flush()
+            work.flush_state()
         await work.outbox.flush()
 
 
@@ -492,6 +532,8 @@ async def compute_features(stream: Any) -> None:
             if app.is_stale(message):
                 continue
             work = PartitionWork(message.tp)
+            if stream_times.enabled:
+                work.expire_queued()
             await handle_message(
                 work,
                 message.topic,

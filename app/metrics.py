@@ -75,6 +75,16 @@ class PipelineMetrics:
             buckets=FRESHNESS_BUCKETS_S,
             registry=r,
         )
+        self._expired = Counter(
+            "velocity_users_expired",
+            "Users forgotten after USER_TTL_S of stream time without a transaction (SPEC 4, Expiry)",
+            registry=r,
+        )
+        self._sweep_seconds = Gauge(
+            "velocity_expiry_last_sweep_seconds",
+            "Duration of the last complete expiry sweep over this worker's active partitions",
+            registry=r,
+        )
         self._ready = Gauge(
             "velocity_ready", "1 when partitions are assigned and tables restored", registry=r
         )
@@ -82,6 +92,8 @@ class PipelineMetrics:
             self._dead.labels(error_type=error_type)
         self.processed_total = 0
         self.duplicates_total = 0
+        self.users_expired_total = 0
+        self.last_sweep: dict[str, float] | None = None
         self.dead_letters: dict[str, int] = dict.fromkeys(ERROR_TYPES, 0)
         self.users = 0
         self.lag: dict[tuple[str, int], int] = {}
@@ -121,6 +133,14 @@ class PipelineMetrics:
     def on_duplicate(self) -> None:
         self.duplicates_total += 1
         self._duplicates.inc()
+
+    def on_user_expired(self) -> None:
+        self.users_expired_total += 1
+        self._expired.inc()
+
+    def on_sweep(self, seconds: float, keys: int) -> None:
+        self.last_sweep = {"seconds": seconds, "keys": keys, "at": time.time()}
+        self._sweep_seconds.set(seconds)
 
     def on_dead_letter(self, error_type: ErrorType) -> None:
         self.dead_letters[error_type] = self.dead_letters.get(error_type, 0) + 1
@@ -236,6 +256,8 @@ class PipelineMetrics:
         return {
             "processed_total": self.processed_total,
             "duplicates_total": self.duplicates_total,
+            "users_expired_total": self.users_expired_total,
+            "last_expiry_sweep": self.last_sweep,
             "dead_letters": dict(self.dead_letters),
             "dead_letters_total": sum(self.dead_letters.values()),
             "users": self.users,
@@ -270,6 +292,7 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "workers_answering": len(alive),
         "processed_total": sum(w["processed_total"] for w in alive),
         "duplicates_total": sum(w["duplicates_total"] for w in alive),
+        "users_expired_total": sum(w.get("users_expired_total", 0) for w in alive),
         "dead_letters": dead_letters,
         "dead_letters_total": sum(dead_letters.values()),
         "users": sum(w["users"] for w in alive),

@@ -39,6 +39,7 @@ class Settings:
     dlq_topic: str
     allowed_lateness_s: float
     max_clock_skew_s: float
+    user_ttl_s: float  # 0: users are never forgotten (SPEC 4, Expiry)
     # Ours, beyond SPEC 2 (documented in the README).
     user_cache_size: int
     state_chunk_rows: int
@@ -47,6 +48,9 @@ class Settings:
     consumer_max_fetch_size: int
     broker_max_poll_records: int
     broker_session_timeout_s: float
+    expiry_sweep_interval_s: float
+    rocksdb_write_buffer_mb: int
+    rocksdb_block_cache_mb: int
     # Pipeline health (issue: metrics, timers, live page).
     health_log_interval_s: float
     lag_warn_messages: int
@@ -164,6 +168,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dlq_topic=topics["DLQ_TOPIC"],
         allowed_lateness_s=_seconds(env, "ALLOWED_LATENESS_S", 3600),
         max_clock_skew_s=_seconds(env, "MAX_CLOCK_SKEW_S", 300),
+        user_ttl_s=_seconds(env, "USER_TTL_S", 604800),
         user_cache_size=_int(env, "USER_CACHE_SIZE", 20000, 0),
         state_chunk_rows=_int(env, "STATE_CHUNK_ROWS", 128, 2, 100000),
         producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 20, 0, 1000),
@@ -171,6 +176,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         consumer_max_fetch_size=_int(env, "CONSUMER_MAX_FETCH_SIZE", 8 * 1024 * 1024, 1024, 1 << 30),
         broker_max_poll_records=_int(env, "BROKER_MAX_POLL_RECORDS", 5000, 1, 1_000_000),
         broker_session_timeout_s=_session_timeout(env),
+        expiry_sweep_interval_s=_positive_seconds(env, "EXPIRY_SWEEP_INTERVAL_S", 30),
+        rocksdb_write_buffer_mb=_int(env, "ROCKSDB_WRITE_BUFFER_MB", 4, 1, 1024),
+        rocksdb_block_cache_mb=_int(env, "ROCKSDB_BLOCK_CACHE_MB", 8, 1, 65536),
         health_log_interval_s=_positive_seconds(env, "HEALTH_LOG_INTERVAL_S", 30),
         lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
         freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),

@@ -2,6 +2,8 @@
 
 * every ``REFRESH_S``: readiness, one point of rate/freshness history, and
   the consumer lag of the owned input partitions;
+* every ``EXPIRY_SWEEP_INTERVAL_S``, once ready: a pass of the expiry sweep
+  (``tables/expiry.py``, bounded work per event-loop turn);
 * after a rebalance, once ready: a recount of the users in the active
   partitions (``tables/user_state.py``, bounded work per event-loop turn);
 * every ``HEALTH_LOG_INTERVAL_S``: one log line per worker, and a warning when
@@ -21,7 +23,7 @@ from app.cluster import cluster_stats
 from app.faust_ext import committed_offset, timer
 from app.main import app, health_topic, settings
 from app.readiness import input_topics, is_ready, owned_partitions
-from tables.user_state import user_counts
+from tables.user_state import send_expiry_tick, stream_times, sweeper, user_counts
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,19 @@ async def refresh_consumer_lag() -> None:
         log.warning("could not refresh consumer lag: %s", exc)
 
 
+@timer(app, settings.expiry_sweep_interval_s)
+async def sweep_expired_users() -> None:
+    """SPEC 4, Expiry: queue the users of the active partitions that have fallen behind (tables/expiry.py)."""
+    if not (stream_times.enabled and is_ready()) or not await sweeper.sweep():
+        return
+    app.metrics.on_sweep(sweeper.last_pass_s or 0.0, sweeper.last_pass_keys)
+    for partition in sweeper.waiting_without_batches(since=sweeper.last_pass_started):
+        try:
+            await send_expiry_tick(partition)
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
+
+
 def health_line(snapshot: dict[str, Any]) -> str:
     def seconds(v: float | None) -> str:
         return "n/a" if v is None else f"{v * 1000:.1f}ms"
@@ -83,6 +98,7 @@ def health_line(snapshot: dict[str, Any]) -> str:
         f"health: rate={snapshot['rate_tx_s']:.1f} tx/s processed={snapshot['processed_total']} "
         f"lag={snapshot['lag_total']} partitions={snapshot['partitions']} users={snapshot['users']} "
         f"freshness_p99={seconds(snapshot['freshness_p99_s'])} duplicates={snapshot['duplicates_total']} "
+        f"expired={snapshot['users_expired_total']} "
         f"dlq={sum(dead.values())} " + " ".join(f"{k}={v}" for k, v in dead.items())
     )
 

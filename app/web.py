@@ -17,7 +17,7 @@ from app.main import app
 from app.readiness import is_ready, owned_partitions
 from records.errors import StateCorruptError
 from records.schema import FeaturesLookup
-from tables.user_state import user_state, windows
+from tables.user_state import is_expired_in_table, user_state, windows
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class FeaturesView(View):
         except StateCorruptError as exc:
             log.error("state of user %r is corrupt: %s", user_id, exc)
             return _error(self, 500, "stored state of this user cannot be read")
-        if window is None:
+        if window is None or is_expired_in_table(window):
             return _error(self, 404, f"no state for user {user_id!r}")
         floor = window.lateness_floor_s()
         if at_s is not None and floor is not None and at_s < floor:

@@ -26,10 +26,12 @@ from typing import Any
 
 import faust
 import rocksdict
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from app.faust_ext import (
     connect,
+    kafka_producer,
     open_partition_dbs,
     partition_db,
     set_persisted_offset,
@@ -37,6 +39,7 @@ from app.faust_ext import (
     uses_rocksdict,
 )
 from app.main import app, settings
+from tables.expiry import TICK_KEY, StreamTimes, Sweeper
 from tables.window import StateWrite, UserWindow
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,13 @@ user_state = app.Table(
     # (which never touches the active segment) keeps restores proportional
     # to the number of users, not to the traffic.
     extra_topic_configs={"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.2"},
+    # Faust's RocksDB defaults are sized for one big table: 3 x 64 MiB memtables and a
+    # 2 GiB block cache *per partition database*. Bounded here, per partition (README).
+    options={
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
+    },
     help="Per-user sliding-window state: heads and sealed chunks (tables/window.py).",
 )
 
@@ -168,6 +178,11 @@ async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> N
             set_persisted_offset(user_state, tp, offset)
     _delivered.clear()
     uncommitted.after_commit()
+
+
+def owner_partition(user_key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives the key, as Faust routes."""
+    return int(murmur2(user_key) & 0x7FFFFFFF) % partitions
 
 
 def head_key(user_id: str) -> bytes:
@@ -291,6 +306,17 @@ class UserWindows:
         self._remember(user_id, window)
         return changes
 
+    def delete(
+        self, user_id: str, chunk_numbers: Iterable[int], state: PartitionWriter
+    ) -> list[tuple[bytes, bytes | None]]:
+        """Stage the deletion of a user (head and chunks); return the changelog tombstones to send."""
+        keys = [head_key(user_id), *(chunk_key(user_id, no) for no in chunk_numbers)]
+        for key in keys:
+            state.put(key, None)
+        state.touched.pop(user_id, None)
+        self.forget(user_id)
+        return [(key, None) for key in keys]
+
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
 
@@ -361,6 +387,13 @@ class UserCounts:
         elif partition in self._created_while_counting:
             self._created_while_counting[partition] += 1
 
+    def on_user_removed(self, partition: int) -> None:
+        # A user removed while its partition is being counted was in the iterator's snapshot.
+        if partition in self._counts:
+            self._counts[partition] -= 1
+        elif partition in self._created_while_counting:
+            self._created_while_counting[partition] -= 1
+
     def on_rebalance(self) -> None:
         self.total()  # keep the last complete figure
         self._generation += 1
@@ -408,3 +441,42 @@ async def _recount_after_rebalance(sender: Any, *args: Any, **kwargs: Any) -> No
 user_counts = UserCounts(lambda: open_partition_dbs(user_state), lambda: store_offset_key(user_state))
 connect(app.on_partitions_revoked, _recount_after_rebalance)
 connect(app.on_partitions_assigned, _recount_after_rebalance)
+
+
+stream_times = StreamTimes(settings.user_ttl_s)
+
+
+def _active_partitions() -> list[int]:
+    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.transactions_topic)
+
+
+sweeper = Sweeper(
+    lambda: open_partition_dbs(user_state),
+    _active_partitions,
+    lambda partition, db: stream_times.floor(partition, db.get),
+    lambda: store_offset_key(user_state),
+)
+
+
+async def _expiry_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
+    stream_times.clear()
+    sweeper.on_rebalance()
+
+
+connect(app.on_partitions_revoked, _expiry_rebalance)
+connect(app.on_partitions_assigned, _expiry_rebalance)
+connect(app.on_rebalance_complete, _expiry_rebalance)
+
+
+def is_expired_in_table(window: UserWindow) -> bool:
+    """For lookups: whether the user is forgotten by now (its state may not be deleted yet)."""
+    partition = owner_partition(head_key(window.user_id), settings.topic_partitions)
+    return stream_times.is_expired(partition, window.latest_ts_s, user_state.get)
+
+
+async def send_expiry_tick(partition: int) -> None:
+    """A message on the re-keying topic's ``partition``: its batch deletes the queued expired users."""
+    producer = kafka_producer(app, None)
+    if producer is None:
+        raise RuntimeError("the producer is not running")
+    await producer.send(settings.rekey_topic, b"{}", key=TICK_KEY, partition=partition)

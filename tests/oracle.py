@@ -10,6 +10,7 @@ modelled as a data structure; "retained" is a predicate on the current M.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -149,10 +150,31 @@ def _record(user_id: str, s: list[_Accepted], x: _Accepted) -> dict[str, Any]:
 
 
 class Oracle:
-    def __init__(self, lateness_s: float = 3600.0) -> None:
+    """``ttl_s`` > 0 models SPEC 4 "Expiry": ``partition_of(user_id)`` names the user's partition,
+    and transactions must be given to :meth:`process` in the order their partition processes them."""
+
+    def __init__(
+        self,
+        lateness_s: float = 3600.0,
+        ttl_s: float = 0.0,
+        partition_of: Callable[[str], int] | None = None,
+    ) -> None:
         self.lateness_s = lateness_s
+        self.ttl_s = ttl_s
+        self.partition_of = partition_of
         self._users: dict[str, _User] = {}
         self._seq = 0
+        self._stream_time: dict[int, Fraction] = {}  # partition -> largest accepted timestamp
+        self.expired: list[str] = []  # users forgotten, in order (one entry per forgetting)
+
+    def _is_expired(self, user_id: str, user: _User) -> bool:
+        """SPEC 4, Expiry: M < stream time of the user's partition - USER_TTL_S."""
+        m = user.latest_ts()
+        if not self.ttl_s or m is None:
+            return False
+        assert self.partition_of is not None, "expiry needs partition_of"
+        stream_time = self._stream_time.get(self.partition_of(user_id))
+        return stream_time is not None and Fraction(m) < stream_time - Fraction(self.ttl_s)
 
     def _retained(self, user: _User) -> list[_Accepted]:
         m = user.latest_ts()
@@ -173,6 +195,9 @@ class Oracle:
         record has every SPEC 4 field except computed_at."""
         user_id = txn["user_id"]
         user = self._users.setdefault(user_id, _User())
+        if self._is_expired(user_id, user):
+            self.expired.append(user_id)
+            user = self._users[user_id] = _User()
         m = user.latest_ts()
 
         # Duplicates first (after validation, before lateness), against retained transactions only.
@@ -200,6 +225,10 @@ class Oracle:
             amount_q=Fraction(txn["amount"]),
         )
         user.s.append(x)
+        if self.ttl_s:
+            assert self.partition_of is not None
+            partition = self.partition_of(user_id)
+            self._stream_time[partition] = max(self._stream_time.get(partition, x.ts_q), x.ts_q)
         return "accepted", _record(user_id, user.s, x)
 
     def lookup(self, user_id: str, at: float | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -207,7 +236,7 @@ class Oracle:
         (the malformed-at case is not the oracle's business)."""
         user = self._users.get(user_id)
         retained = self._retained(user) if user is not None else []
-        if user is None or not retained:
+        if user is None or not retained or self._is_expired(user_id, user):
             return 404, None
         m = user.latest_ts()
         assert m is not None

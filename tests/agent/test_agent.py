@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 from unittest.mock import patch
 
@@ -14,7 +14,8 @@ import pytest
 from agents import features
 from app.faust_ext import BatchHandler, Consumer
 from app.main import app, dlq_topic, features_topic, rekey_topic
-from tables.user_state import changelog_topic_name, windows
+from tables.expiry import stream_time_key
+from tables.user_state import changelog_topic_name, stream_times, sweeper, user_state, windows
 
 NOW = time.time()
 
@@ -139,7 +140,7 @@ async def test_state_changes_go_to_the_changelog_partition_of_the_input(agent: t
     wrapped, sent = agent
     await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)
     await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)  # a duplicate changes nothing
-    ((key, value, partition),) = sent.by_topic["changelog"]
+    ((key, value, partition),) = [c for c in sent.by_topic["changelog"] if c[0] != stream_time_key(0)]
     assert (key, partition) == (b"carol", 0)
     assert isinstance(value, bytes) and value
     assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["c1", "c1"]
@@ -249,3 +250,56 @@ async def test_a_batch_cancelled_half_way_still_finishes_before_the_cancel_goes_
             await fetch
     assert len(sent.by_topic["features"]) == 100
     assert app.processed_through[tp] == 99
+
+
+@pytest.fixture
+def ttl_100s() -> Iterator[None]:
+    """USER_TTL_S=100, from an empty stream time (earlier tests moved partition 0's)."""
+    user_state.data.pop(stream_time_key(0), None)
+    stream_times.clear()
+    with patch.object(stream_times, "ttl_s", 100.0):
+        yield
+    stream_times.clear()
+    sweeper.on_rebalance()
+
+
+async def test_an_inactive_user_is_forgotten_and_starts_anew(agent: tuple[Any, Sent], ttl_100s: None) -> None:
+    wrapped, sent = agent
+    t0 = NOW - 280
+    await wrapped.put(tx("e1", user="ttl-erin", ts=t0), key=b"ttl-erin", partition=0)
+    await wrapped.put(tx("e2", user="ttl-erin", ts=t0 + 30), key=b"ttl-erin", partition=0)
+    await wrapped.put(
+        tx("f1", user="ttl-fred", ts=t0 + 130), key=b"ttl-fred", partition=0
+    )  # erin's M == floor
+    await wrapped.put(tx("e3", user="ttl-erin", ts=t0 + 131), key=b"ttl-erin", partition=0)
+    await wrapped.put(tx("f2", user="ttl-fred", ts=t0 + 262), key=b"ttl-fred", partition=0)  # erin: 131 < 162
+    before = app.metrics.users_expired_total
+    await wrapped.put(tx("e4", user="ttl-erin", ts=t0 + 263), key=b"ttl-erin", partition=0)
+    assert app.metrics.users_expired_total == before + 1
+    erin = {v["transaction_id"]: v for _, v, _ in sent.by_topic["features"] if v["user_id"] == "ttl-erin"}
+    assert erin["e3"]["tx_count_24h"] == 3 and erin["e3"]["seconds_since_last_tx"] == 101.0
+    assert erin["e4"]["tx_count_24h"] == 1 and erin["e4"]["seconds_since_last_tx"] is None
+    # The changelog deletes the old state before it writes the new one; the stream time goes along.
+    erin_changes = [v for k, v, _ in sent.by_topic["changelog"] if k == b"ttl-erin"]
+    assert erin_changes[-2] is None and erin_changes[-1] is not None
+    times = [orjson.loads(v) for k, v, _ in sent.by_topic["changelog"] if k == stream_time_key(0)]
+    assert times == [t0, t0 + 30, t0 + 130, t0 + 131, t0 + 262, t0 + 263]
+
+
+async def test_a_user_the_sweep_found_is_deleted_by_the_next_batch(
+    agent: tuple[Any, Sent], ttl_100s: None
+) -> None:
+    wrapped, sent = agent
+    t0 = NOW - 280
+    with patch.object(windows, "chunk_rows", 2):  # two sealed chunks and a tail
+        for i in range(5):
+            await wrapped.put(tx(f"g{i}", user="ttl-gina", ts=t0 + i), key=b"ttl-gina", partition=0)
+    await wrapped.put(tx("h1", user="ttl-hal", ts=t0 + 50), key=b"ttl-hal", partition=0)
+    await wrapped.put(tx("h2", user="ttl-hal", ts=t0 + 200), key=b"ttl-hal", partition=0)
+    sweeper.queued[0] = {"ttl-gina": None, "ttl-hal": None, "nobody": None}  # what a pass would have found
+    sent.by_topic.pop("changelog")
+    await wrapped.put(tx("h3", user="ttl-hal", ts=t0 + 201), key=b"ttl-hal", partition=0)
+    deleted = sorted(k for k, v, _ in sent.by_topic["changelog"] if v is None and k is not None)
+    assert deleted == [b"ttl-gina", b"ttl-gina\xff0", b"ttl-gina\xff1"]  # the head and both chunks
+    assert user_state.data.get(b"ttl-gina") is None and user_state.data.get(b"ttl-hal") is not None
+    assert sweeper.queued[0] == {}

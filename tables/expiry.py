@@ -1,0 +1,288 @@
+"""Expiry of inactive users (SPEC 4, "Expiry"): stream time per partition, and the sweep.
+
+Two halves, so that expiry is exact and never a long scan on the event loop:
+
+* **The rule, applied where it matters.** The stream time of a partition is
+  the largest timestamp accepted on it (kept by :class:`StreamTimes`, stored
+  in the partition's own RocksDB and changelog under :func:`stream_time_key`,
+  so a restart, a restore and the partition's next owner know it). A user
+  whose latest timestamp *M* is below ``stream time - USER_TTL_S`` is
+  forgotten at that moment: the hot path deletes it before applying its next
+  transaction (which then starts a new user), and a lookup answers 404. So
+  what a user sees never depends on when the sweep ran.
+* **The sweep, for users that never come back.** :class:`Sweeper` walks each
+  active partition's heads in key order, ``KEYS_PER_TURN`` keys per
+  event-loop turn (a fresh iterator each turn, so no snapshot is pinned for
+  the length of a pass), and queues the expired ones. The hot path deletes
+  queued users at the start of the partition's next batch, under the batch's
+  lock and in its write batch and transaction (``EXPIRE_PER_BATCH`` at most),
+  writing tombstones for the head and every chunk to the changelog: a restore
+  does not bring them back. A partition without traffic has no next batch:
+  after a pass, each partition with queued users and no batch since the pass
+  began gets a *tick* (:data:`TICK_KEY`) on the re-keying topic, the app's
+  own input, so that a batch (and, under exactly_once, its transaction and
+  offset commit) carries the deletions like any other. A pass starts every
+  ``EXPIRY_SWEEP_INTERVAL_S``;
+  a partition whose stream time has not passed the oldest *M* it kept in the
+  previous pass is skipped (nothing new can have expired there).
+
+Words: *floor* is the expiry floor of a partition, the smallest float
+``>= stream time - USER_TTL_S``; a user is expired iff ``M < floor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from tables.window import _difference
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the per-partition stream-time key. 0xFF never occurs in UTF-8, so
+#: no head or chunk key starts with it (as for the uncommitted-writes mark).
+STREAM_TIME_PREFIX = b"\xffstream_time:"
+
+#: Key of a tick on the re-keying topic: no transaction, only a batch for the expiry queue to ride on.
+TICK_KEY = b"\xffexpiry-tick"
+
+#: Heads stored by tables/window.py start with these bytes (orjson keeps key order).
+_HEAD_PREFIX = b'{"v":1,"latest_ts_s":'
+
+
+def stream_time_key(partition: int) -> bytes:
+    """One key per partition: the ``memory://`` store of the agent tests keeps all partitions in one dict."""
+    return STREAM_TIME_PREFIX + str(partition).encode("ascii")
+
+
+def expiry_floor(stream_time_s: float, ttl_s: float) -> float:
+    """The smallest float ``>= stream_time_s - ttl_s`` in real arithmetic: ``M < floor`` iff expired."""
+    return _difference(stream_time_s, ttl_s, round_up=True)
+
+
+def head_latest_ts(head: bytes) -> float | None:
+    """*M* of a stored head, reading only its first field when it is where the encoder puts it."""
+    if head.startswith(_HEAD_PREFIX):
+        end = head.find(b",", len(_HEAD_PREFIX))
+        if end > 0:
+            raw = head[len(_HEAD_PREFIX) : end]
+            if raw != b"null":
+                try:
+                    return float(raw)
+                except ValueError:
+                    pass
+            else:
+                return None
+    try:
+        value = orjson.loads(head).get("latest_ts_s")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return None if value is None else float(value)
+
+
+class StreamTimes:
+    """The stream time of each partition this worker processes, read from the store once per assignment.
+
+    ``read(key)`` reads the partition's store; the cache is dropped at every
+    rebalance (the partition may have been restored or moved meanwhile).
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._times: dict[int, float | None] = {}
+        self._floors: dict[int, float | None] = {}
+        self._dirty: set[int] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0
+
+    def get(self, partition: int, read: Callable[[bytes], bytes | None]) -> float | None:
+        if partition in self._times:
+            return self._times[partition]
+        raw = read(stream_time_key(partition))
+        value: float | None = None
+        if raw is not None:
+            try:
+                value = float(orjson.loads(raw))
+            except (orjson.JSONDecodeError, TypeError, ValueError):
+                log.error(
+                    "stream time of partition %s is unreadable (%r); starting it afresh", partition, raw
+                )
+        self._set(partition, value)
+        return value
+
+    def floor(self, partition: int, read: Callable[[bytes], bytes | None]) -> float | None:
+        """The expiry floor of the partition, or None (expiry off, or nothing accepted yet)."""
+        if not self.enabled:
+            return None
+        if partition not in self._floors:
+            self.get(partition, read)
+        return self._floors[partition]
+
+    def is_expired(
+        self, partition: int, latest_ts_s: float | None, read: Callable[[bytes], bytes | None]
+    ) -> bool:
+        if latest_ts_s is None or not self.enabled:
+            return False
+        floor = self.floor(partition, read)
+        return floor is not None and latest_ts_s < floor
+
+    def advance(self, partition: int, timestamp_s: float, read: Callable[[bytes], bytes | None]) -> None:
+        """A timestamp accepted on the partition."""
+        current = self.get(partition, read)
+        if current is None or timestamp_s > current:
+            self._set(partition, timestamp_s)
+            self._dirty.add(partition)
+
+    def take_write(self, partition: int) -> tuple[bytes, bytes] | None:
+        """The key and value to store if the partition's time moved since the last call."""
+        if partition not in self._dirty:
+            return None
+        self._dirty.discard(partition)
+        return stream_time_key(partition), orjson.dumps(self._times[partition])
+
+    def clear(self) -> None:
+        self._times.clear()
+        self._floors.clear()
+        self._dirty.clear()
+
+    def _set(self, partition: int, value: float | None) -> None:
+        self._times[partition] = value
+        self._floors[partition] = (
+            None if value is None or not self.enabled else expiry_floor(value, self.ttl_s)
+        )
+
+
+class Sweeper:
+    """Finds expired users in the active partitions' stores and queues them for the hot path.
+
+    ``open_dbs()`` gives partition -> RocksDB database as the table's store
+    has them open (active and standby); ``active()`` the partitions this
+    worker processes; ``floor(partition, db)`` the partition's expiry floor.
+    """
+
+    KEYS_PER_TURN = 1000
+    #: Queued users per partition at most; a pass that fills it stops there for that partition.
+    MAX_QUEUED = 20000
+
+    def __init__(
+        self,
+        open_dbs: Callable[[], Mapping[int, Any]],
+        active: Callable[[], Iterable[int]],
+        floor: Callable[[int, Any], float | None],
+        offset_key: Callable[[], bytes | None],
+    ) -> None:
+        self._open_dbs = open_dbs
+        self._active = active
+        self._floor = floor
+        self._offset_key = offset_key
+        self.queued: dict[int, dict[str, None]] = {}  # partition -> user ids (insertion-ordered set)
+        self._oldest_kept: dict[int, float] = {}  # partition -> smallest M left by its last full pass
+        self._generation = 0
+        self._batch_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
+        self.passes = 0
+        self.last_pass_started = 0.0
+        self.last_pass_s: float | None = None
+        self.last_pass_keys = 0
+
+    def on_rebalance(self) -> None:
+        """Partitions may move: queues and per-partition knowledge are dropped, a running pass stops."""
+        self._generation += 1
+        self.queued.clear()
+        self._oldest_kept.clear()
+
+    def note_latest(self, partition: int, latest_ts_s: float) -> None:
+        """A user of the partition now has this *M* (it may be older than any the last pass kept)."""
+        oldest = self._oldest_kept.get(partition)
+        if oldest is not None and latest_ts_s < oldest:
+            self._oldest_kept[partition] = latest_ts_s
+
+    def take(self, partition: int, limit: int) -> list[str]:
+        """Up to ``limit`` queued users of ``partition`` (the hot path checks each again)."""
+        self._batch_at[partition] = time.monotonic()
+        queue = self.queued.get(partition)
+        if not queue:
+            return []
+        taken: list[str] = []
+        for user_id in queue:
+            taken.append(user_id)
+            if len(taken) == limit:
+                break
+        for user_id in taken:
+            del queue[user_id]
+        return taken
+
+    def waiting_without_batches(self, since: float) -> list[int]:
+        """Partitions with queued users and no batch since ``since`` (monotonic): they need a tick."""
+        return [p for p, queue in self.queued.items() if queue and self._batch_at.get(p, -math.inf) < since]
+
+    async def sweep(self) -> bool:
+        """One pass over the active partitions; False if a rebalance interrupted it."""
+        generation = self._generation
+        started = self.last_pass_started = time.monotonic()
+        keys = 0
+        for partition in sorted(self._active()):
+            db = self._open_dbs().get(partition)
+            if db is None:
+                continue
+            floor = self._floor(partition, db)
+            if floor is None or floor <= self._oldest_kept.get(partition, -math.inf):
+                continue  # no stream time yet, or nothing has fallen behind since the last pass
+            done = await self._sweep_partition(partition, db, floor, generation)
+            keys += done
+            if self._generation != generation:
+                return False
+        self.passes += 1
+        self.last_pass_s = time.monotonic() - started
+        self.last_pass_keys = keys
+        return True
+
+    async def _sweep_partition(self, partition: int, db: Any, floor: float, generation: int) -> int:
+        queue = self.queued.setdefault(partition, {})
+        offset_key = self._offset_key()
+        oldest = math.inf
+        last: bytes | None = None
+        seen = 0
+        complete = False
+        while True:
+            it = db.iter()
+            if last is None:
+                it.seek_to_first()
+            else:
+                it.seek(last)
+                if it.valid() and it.key() == last:
+                    it.next()
+            turn = 0
+            while it.valid() and turn < self.KEYS_PER_TURN:
+                key = it.key()
+                last = key
+                turn += 1
+                if b"\xff" not in key and key != offset_key:  # a head (tables/user_state.py)
+                    latest = head_latest_ts(it.value())
+                    if latest is not None:
+                        if latest < floor:
+                            queue[key.decode("utf-8")] = None
+                        elif latest < oldest:
+                            oldest = latest
+                it.next()
+            seen += turn
+            if turn < self.KEYS_PER_TURN:
+                complete = True
+                break
+            if len(queue) >= self.MAX_QUEUED:
+                break
+            await asyncio.sleep(0)
+            if self._generation != generation or self._open_dbs().get(partition) is not db:
+                return seen
+        if complete:
+            self._oldest_kept[partition] = oldest
+        else:
+            self._oldest_kept.pop(partition, None)
+        return seen

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick redis
+.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick bench-scale redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

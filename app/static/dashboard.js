@@ -75,6 +75,7 @@
       $("k-lag").parentElement.classList.toggle("warn", c.lag_total > 1000);
       $("k-fresh").textContent = fmtMs(c.freshness_p50_s) + " / " + fmtMs(c.freshness_p99_s) + " ms";
       $("k-users").textContent = fmtInt(c.users);
+      $("k-expired").textContent = "active partitions; " + fmtInt(c.users_expired_total || 0) + " expired";
       $("k-dlq").textContent = fmtInt(c.dead_letters_total);
       const label = (l) => (l.topic.endsWith("-rekeyed") ? "re-key hop" : l.topic) + " [" + l.partition + "]";
       bars($("lag"), c.lag.filter((l) => !l.topic.endsWith("-rekeyed") || l.messages > 0).map((l) => [label(l), l.messages]));

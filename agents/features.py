@@ -54,6 +54,7 @@ from tables.user_state import (
     head_key,
     on_changelog_delivered,
     owner_partition,
+    send_expiry_tick,
     stream_times,
     sweeper,
     user_counts,
@@ -67,8 +68,8 @@ features_topic_name: str = features_topic.get_topic_name()
 
 #: The hot path lets other tasks run at least this often (seconds of work).
 YIELD_EVERY_S = 0.002
-#: Users found expired by the sweep that one batch of a partition deletes, at most.
-EXPIRE_PER_BATCH = 500
+#: Work a partition's batch spends deleting users the sweep found expired, at most (seconds).
+EXPIRE_BUDGET_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,13 +337,16 @@ class PartitionWork:
         user_counts.on_user_removed(self.partition)
         app.metrics.on_user_expired()
 
-    def expire_queued(self) -> None:
+    def expire_queued(self, budget_s: float = EXPIRE_BUDGET_S) -> None:
         """Delete users the sweep found expired, each checked again against the stored state."""
-        queued = sweeper.take(self.partition, EXPIRE_PER_BATCH)
-        if not queued:
+        if not sweeper.has_queued(self.partition):
             return
         get = self.state.get
-        for user_id in queued:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            user_id = sweeper.pop(self.partition)
+            if user_id is None:
+                return
             head = get(head_key(user_id))
             if head is None or not stream_times.is_expired(self.partition, head_latest_ts(head), get):
                 continue  # gone already, or active again since the sweep saw it
@@ -482,15 +486,17 @@ class FeatureBatches:
         done = processed_through.get(tp, -1)
         topic, partition = tp.topic, tp.partition
         turn_started = time.monotonic()
+        ticked = False
         try:
             if stream_times.enabled:
-                work.expire_queued()
+                sweeper.note_batch(partition)
             for record in records:
                 offset = record.offset
                 if offset <= done:
                     continue  # processed already in this generation (a seek back after recovery)
                 if tid is not None and tid in fenced:
                     break  # migrated: the rest is processed again by the partition's owner
+                ticked = ticked or record.key == TICK_KEY
                 ts = record.timestamp  # ms
                 timestamp_s = ts / 1000.0 if ts and ts > 0 else None
                 await handle_message(work, topic, partition, offset, record.key, record.value, timestamp_s)
@@ -501,9 +507,18 @@ class FeatureBatches:
                     turn_started = time.monotonic()
                     if not app.generation_is_current(generation):
                         break
+            if stream_times.enabled and app.generation_is_current(generation) and not (tid and tid in fenced):
+                work.expire_queued()
         finally:
             work.flush_state()
         await work.outbox.flush()
+        if ticked and sweeper.has_queued(
+            partition
+        ):  # no traffic here: the next tick carries the next deletions
+            try:
+                await send_expiry_tick(partition)
+            except Exception as exc:  # noqa: BLE001 - the next sweep pass sends one again
+                log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
 
 
 def _stop_if_failed(task: asyncio.Future[Any]) -> None:
@@ -532,8 +547,6 @@ async def compute_features(stream: Any) -> None:
             if app.is_stale(message):
                 continue
             work = PartitionWork(message.tp)
-            if stream_times.enabled:
-                work.expire_queued()
             await handle_message(
                 work,
                 message.topic,
@@ -543,6 +556,9 @@ async def compute_features(stream: Any) -> None:
                 message.value,
                 message.timestamp,
             )
+            if stream_times.enabled:
+                sweeper.note_batch(message.partition)
+                work.expire_queued()
             await work.finish()
             app.processed(message)
             event.ack()

@@ -14,14 +14,16 @@ Two halves, so that expiry is exact and never a long scan on the event loop:
   active partition's heads in key order, ``KEYS_PER_TURN`` keys per
   event-loop turn (a fresh iterator each turn, so no snapshot is pinned for
   the length of a pass), and queues the expired ones. The hot path deletes
-  queued users at the start of the partition's next batch, under the batch's
-  lock and in its write batch and transaction (``EXPIRE_PER_BATCH`` at most),
+  queued users at the end of the partition's next batch, under the batch's
+  lock and in its write batch and transaction (for at most
+  ``EXPIRE_BUDGET_S`` of work per batch, after the batch's own records),
   writing tombstones for the head and every chunk to the changelog: a restore
   does not bring them back. A partition without traffic has no next batch:
   after a pass, each partition with queued users and no batch since the pass
   began gets a *tick* (:data:`TICK_KEY`) on the re-keying topic, the app's
   own input, so that a batch (and, under exactly_once, its transaction and
-  offset commit) carries the deletions like any other. A pass starts every
+  offset commit) carries the deletions like any other; a tick's batch that
+  leaves users queued sends the next tick. A pass starts every
   ``EXPIRY_SWEEP_INTERVAL_S``;
   a partition whose stream time has not passed the oldest *M* it kept in the
   previous pass is skipped (nothing new can have expired there).
@@ -36,6 +38,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -183,7 +186,7 @@ class Sweeper:
         self._active = active
         self._floor = floor
         self._offset_key = offset_key
-        self.queued: dict[int, dict[str, None]] = {}  # partition -> user ids (insertion-ordered set)
+        self.queued: dict[int, OrderedDict[str, None]] = {}  # partition -> user ids (an ordered set)
         self._oldest_kept: dict[int, float] = {}  # partition -> smallest M left by its last full pass
         self._generation = 0
         self._batch_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
@@ -204,20 +207,19 @@ class Sweeper:
         if oldest is not None and latest_ts_s < oldest:
             self._oldest_kept[partition] = latest_ts_s
 
-    def take(self, partition: int, limit: int) -> list[str]:
-        """Up to ``limit`` queued users of ``partition`` (the hot path checks each again)."""
+    def note_batch(self, partition: int) -> None:
+        """The hot path is processing a batch of the partition (so it needs no tick)."""
         self._batch_at[partition] = time.monotonic()
+
+    def pop(self, partition: int) -> str | None:
+        """The next queued user of ``partition``, or None (the hot path checks it again)."""
         queue = self.queued.get(partition)
         if not queue:
-            return []
-        taken: list[str] = []
-        for user_id in queue:
-            taken.append(user_id)
-            if len(taken) == limit:
-                break
-        for user_id in taken:
-            del queue[user_id]
-        return taken
+            return None
+        return queue.popitem(last=False)[0]
+
+    def has_queued(self, partition: int) -> bool:
+        return bool(self.queued.get(partition))
 
     def waiting_without_batches(self, since: float) -> list[int]:
         """Partitions with queued users and no batch since ``since`` (monotonic): they need a tick."""
@@ -245,7 +247,7 @@ class Sweeper:
         return True
 
     async def _sweep_partition(self, partition: int, db: Any, floor: float, generation: int) -> int:
-        queue = self.queued.setdefault(partition, {})
+        queue = self.queued.setdefault(partition, OrderedDict())
         offset_key = self._offset_key()
         oldest = math.inf
         last: bytes | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 from unittest.mock import patch
@@ -296,7 +297,7 @@ async def test_a_user_the_sweep_found_is_deleted_by_the_next_batch(
             await wrapped.put(tx(f"g{i}", user="ttl-gina", ts=t0 + i), key=b"ttl-gina", partition=0)
     await wrapped.put(tx("h1", user="ttl-hal", ts=t0 + 50), key=b"ttl-hal", partition=0)
     await wrapped.put(tx("h2", user="ttl-hal", ts=t0 + 200), key=b"ttl-hal", partition=0)
-    sweeper.queued[0] = {"ttl-gina": None, "ttl-hal": None, "nobody": None}  # what a pass would have found
+    sweeper.queued[0] = OrderedDict.fromkeys(["ttl-gina", "ttl-hal", "nobody"])  # what a pass would find
     sent.by_topic.pop("changelog")
     await wrapped.put(tx("h3", user="ttl-hal", ts=t0 + 201), key=b"ttl-hal", partition=0)
     deleted = sorted(k for k, v, _ in sent.by_topic["changelog"] if v is None and k is not None)

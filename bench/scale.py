@@ -191,7 +191,8 @@ class Scale:
             "users": stats.get("users"),
         }
         log(
-            f"{users:,}: filled in {took:.0f}s from process start ({users / took:,.0f} tx/s), RSS {o['fill']['rss_mb']:.0f} MB"
+            f"{users:,}: filled in {took:.0f}s from process start ({users / took:,.0f} tx/s), "
+            f"RSS {o['fill']['rss_mb']:.0f} MB"
         )
         first.stop()
 

@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -172,8 +172,10 @@ class Sweeper:
     """
 
     KEYS_PER_TURN = 1000
-    #: Queued users per partition at most; a pass that fills it stops there for that partition.
-    MAX_QUEUED = 20000
+    #: Queued users per partition at most: a pass waits there until the hot path has deleted
+    #: them (so it goes on from its last key, past the deleted ones, not over their tombstones).
+    MAX_QUEUED = 5000
+    WAIT_S = 0.05
 
     def __init__(
         self,
@@ -181,8 +183,10 @@ class Sweeper:
         active: Callable[[], Iterable[int]],
         floor: Callable[[int, Any], float | None],
         offset_key: Callable[[], bytes | None],
+        tick: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._open_dbs = open_dbs
+        self._tick = tick
         self._active = active
         self._floor = floor
         self._offset_key = offset_key
@@ -252,7 +256,6 @@ class Sweeper:
         oldest = math.inf
         last: bytes | None = None
         seen = 0
-        complete = False
         while True:
             it = db.iter()
             if last is None:
@@ -276,15 +279,29 @@ class Sweeper:
                 it.next()
             seen += turn
             if turn < self.KEYS_PER_TURN:
-                complete = True
-                break
-            if len(queue) >= self.MAX_QUEUED:
                 break
             await asyncio.sleep(0)
-            if self._generation != generation or self._open_dbs().get(partition) is not db:
+            if not await self._wait_for_room(partition, queue, generation, db):
                 return seen
-        if complete:
-            self._oldest_kept[partition] = oldest
-        else:
-            self._oldest_kept.pop(partition, None)
+        self._oldest_kept[partition] = oldest
         return seen
+
+    async def _wait_for_room(
+        self, partition: int, queue: OrderedDict[str, None], generation: int, db: Any
+    ) -> bool:
+        """Until the hot path has deleted most of a full queue; False if a rebalance came first."""
+        since = time.monotonic()
+        ticked = False
+        while True:
+            if self._generation != generation or self._open_dbs().get(partition) is not db:
+                return False
+            if len(queue) < self.MAX_QUEUED:
+                return True
+            if not ticked and self._tick is not None and self._batch_at.get(partition, -math.inf) < since:
+                ticked = True  # no batch is coming: a tick brings one (its batch chains the next)
+                try:
+                    await self._tick(partition)
+                except Exception as exc:  # noqa: BLE001 - the next wait tries again
+                    log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
+                    ticked = False
+            await asyncio.sleep(self.WAIT_S)

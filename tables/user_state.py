@@ -455,6 +455,7 @@ sweeper = Sweeper(
     _active_partitions,
     lambda partition, db: stream_times.floor(partition, db.get),
     lambda: store_offset_key(user_state),
+    tick=lambda partition: send_expiry_tick(partition),
 )
 
 

@@ -172,3 +172,37 @@ def test_standby_and_unknown_partitions_are_not_swept(tmp_path: Path) -> None:
     assert asyncio.run(make_sweeper(store, floor=100.0, active=[]).sweep())
     no_time = make_sweeper(store, floor=None)
     assert asyncio.run(no_time.sweep()) and no_time.queued == {}
+
+
+def test_a_full_queue_makes_the_pass_wait_for_deletions_and_tick_an_idle_partition(tmp_path: Path) -> None:
+    """The pass goes on from its last key once the hot path has made room: one pass, every user once."""
+    store = Store(tmp_path / "db")
+    expired = [f"x{i:02d}" for i in range(20)]
+    for user in expired:
+        store.add_user(user, 10.0)
+    store.add_user("zz-kept", 500.0)
+    ticks: list[int] = []
+    deleted: list[str] = []
+
+    async def tick(partition: int) -> None:
+        ticks.append(partition)
+
+    sweeper = Sweeper(lambda: {0: store.db}, lambda: [0], lambda p, db: 100.0, lambda: None, tick=tick)
+    sweeper.KEYS_PER_TURN, sweeper.MAX_QUEUED, sweeper.WAIT_S = 3, 5, 0.001
+
+    async def hot_path() -> None:  # deletes what is queued, but only once a tick has come
+        while len(deleted) < len(expired):
+            await asyncio.sleep(0.002)
+            if ticks:
+                while (user := sweeper.pop(0)) is not None:
+                    deleted.append(user)
+
+    async def scenario() -> bool:
+        drainer = asyncio.ensure_future(hot_path())
+        done = await sweeper.sweep()
+        await asyncio.wait_for(drainer, 5)
+        return done
+
+    assert asyncio.run(scenario())
+    assert deleted == expired and ticks and set(ticks) == {0}  # a tick per wait with no batch since
+    assert sweeper.last_pass_keys == len(expired) + 1

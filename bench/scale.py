@@ -259,16 +259,24 @@ class Scale:
         os.kill(first.popen.pid, signal.SIGKILL)
         first.popen.wait()
 
-        def serving() -> bool:
+        def owns_all() -> bool:
             s = harness.worker_stats(port)
-            if not s or sorted(s["partitions"]) != list(range(PARTITIONS)) or not harness.ready(port):
-                return False
-            return all(harness.http_status(f"http://127.0.0.1:{port}/features/{u}") == 200 for u in sample)
+            return s is not None and sorted(s["partitions"]) == list(range(PARTITIONS)) and harness.ready(port)
 
-        harness.wait_until(serving, 600, "the survivor serving every sampled user", second)
-        took = time.monotonic() - killed
+        harness.wait_until(owns_all, 600, "the survivor owning every partition, ready", second)
+        ready_at = time.monotonic()
+
+        def serving() -> float | None:
+            """When a check began that found every sampled user answered (200)."""
+            began = time.monotonic()
+            ok = all(harness.http_status(f"http://127.0.0.1:{port}/features/{u}") == 200 for u in sample)
+            return began if ok else None
+
+        served_at = harness.wait_until(serving, 600, "the survivor serving every sampled user", second)
+        took = served_at - killed
         result = {
             "kill_to_serving_s": took,
+            "kill_to_ready_s": ready_at - killed,
             "session_timeout_s": SESSION_TIMEOUT_S,
             "after_session_timeout_s": took - SESSION_TIMEOUT_S,
             "standby_records_before_kill": last,
@@ -282,6 +290,15 @@ class Scale:
     def expiry(self, users: int, topic: str, out: str, port: int) -> dict[str, Any]:
         """Steady traffic of other users: event times that expire nobody, then ones that expire all N."""
         rate, duration = self.opts.rate, self.opts.expiry_s
+
+        since = time.time()
+
+        def settled() -> bool:  # after the takeover: users recounted, a sweep pass done since
+            s = harness.worker_stats(port)
+            sweep = None if s is None else s.get("last_expiry_sweep")
+            return s is not None and s["users"] == users and sweep is not None and sweep["at"] > since
+
+        harness.wait_until(settled, 600, "the survivor's recount and first sweep pass")
         base_t = time.time() - 2 * TTL_S + SPAN_S + 60  # stream time stays below every user's M + TTL
         result: dict[str, Any] = {"rate_tx_s": rate}
         for phase, ts0 in (("before", base_t), ("during", time.time() - 30)):

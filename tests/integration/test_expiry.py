@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +180,9 @@ def test_inactive_users_are_forgotten_deleted_and_stay_forgotten(
     check_lookups([cold], oracle)
     wait_for(lambda: stats(cold)["users"] == len(ACTIVE) + len(RETURNING), 60, "users after the restore")
     assert stats(cold)["users_expired_total"] == 0  # nothing left to expire: the tombstones did it
+    # Bounded RocksDB memory (ROCKSDB_WRITE_BUFFER_MB, default 4): RocksDB's own record of its options.
+    options = [p for p in Path(cold.env["APP_DATADIR"]).rglob("OPTIONS-*") if "user-state" in str(p)]
+    assert options
+    for path in options:
+        text = path.read_text()
+        assert "  write_buffer_size=4194304\n" in text and "  max_write_buffer_number=2\n" in text, path

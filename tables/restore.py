@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.faust_ext import connect, partition_db, persisted_offset, set_persisted_offset, uses_rocksdict
 from app.kafka_admin import bootstrap_servers
 from app.main import app, settings
+from tables.expiry import stream_time_key
 from tables.user_state import UNCOMMITTED_KEY, user_state
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def drop_uncommitted_state(tps: set[Any], title: str) -> None:
             tp.partition,
         )
         db.delete_range(b"", _KEYS_END)  # every head and chunk, and the persisted offset
+        db.delete(stream_time_key(tp.partition))  # as uncommitted as the rest: the changelog's is restored
         db.delete(UNCOMMITTED_KEY)
         app.metrics.on_uncommitted_state_dropped()
 

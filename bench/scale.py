@@ -261,7 +261,8 @@ class Scale:
 
         def owns_all() -> bool:
             s = harness.worker_stats(port)
-            return s is not None and sorted(s["partitions"]) == list(range(PARTITIONS)) and harness.ready(port)
+            owns = s is not None and sorted(s["partitions"]) == list(range(PARTITIONS))
+            return owns and harness.ready(port)
 
         harness.wait_until(owns_all, 600, "the survivor owning every partition, ready", second)
         ready_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""Operator commands: ``faust -A app simulate``."""
+"""Operator commands: ``faust -A app simulate``, ``faust -A app lag``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import secrets
 import time
 from typing import Any
 
+import aiohttp
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.cli import option
 
 from app.kafka_admin import bootstrap_servers, ensure_topics
@@ -124,3 +127,104 @@ async def simulate(
         f"simulate: done, {sent} transactions in {total:.1f}s ({sent / total:.0f} tx/s), "
         f"{model.bursts} fraud bursts"
     )
+
+
+def lag_table(rows: list[tuple[str, int, int | None, int]]) -> tuple[list[str], int]:
+    """``(topic, partition, committed or None, end offset)`` rows -> the printed lines and the total lag.
+
+    A partition the group never committed counts from offset 0 (its whole
+    retained log is behind), as ``kafka-consumer-groups --describe`` shows ``-``.
+    """
+    width = max([len("TOPIC"), *(len(t) for t, _, _, _ in rows)])
+    lines = [f"{'TOPIC':<{width}}  PARTITION  COMMITTED        END        LAG"]
+    total = 0
+    for topic, partition, committed, end in sorted(rows):
+        lag = max(0, end - (committed or 0))
+        total += lag
+        shown = "-" if committed is None else str(committed)
+        lines.append(f"{topic:<{width}}  {partition:>9}  {shown:>9}  {end:>9}  {lag:>9}")
+    lines.append(f"{'total':<{width}}  {'':>9}  {'':>9}  {'':>9}  {total:>9}")
+    return lines, total
+
+
+async def group_offsets(group: str, topics: list[str]) -> list[tuple[str, int, int | None, int]]:
+    """Committed and end offsets of ``group`` on every partition of ``topics`` (read-only: joins nothing)."""
+    servers = bootstrap_servers(settings.broker_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            # aiokafka has no public call that refreshes the consumer's own metadata before a subscription.
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            tps = []
+            for topic in topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    raise SystemExit(f"lag: topic {topic!r} does not exist on {settings.broker_url}")
+                tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    rows = []
+    for tp in tps:
+        meta = committed.get(tp)
+        offset = None if meta is None or meta.offset < 0 else int(meta.offset)
+        rows.append((tp.topic, tp.partition, offset, int(ends[tp])))
+    return rows
+
+
+async def worker_stats(url: str) -> dict[str, Any] | None:
+    try:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"{url}/stats") as r:
+            if r.status != 200:
+                return None
+            body: dict[str, Any] = await r.json()
+            return body
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+@app.command(
+    option("--max-lag", type=int, default=None, help="Exit with status 1 when the total lag is above this."),
+    option(
+        "--url",
+        type=str,
+        default=None,
+        help="A worker's web address, for the freshness the workers report (default: this host's WEB_PORT).",
+    ),
+)
+async def lag(self: Any, max_lag: int | None, url: str | None) -> None:
+    """Per-partition committed offset, end offset and lag of the app's group, and the workers' freshness."""
+    topics = [settings.transactions_topic, settings.rekey_topic]
+    try:
+        rows = await group_offsets(settings.app_id, topics)
+    except KafkaError as exc:
+        raise SystemExit(f"lag: cannot read offsets from {settings.broker_url}: {exc}") from None
+    lines, total = lag_table(rows)
+    self.say(f"group {settings.app_id!r} on {settings.broker_url}:")
+    for line in lines:
+        self.say(line)
+    url = url or f"http://localhost:{settings.web_port}"
+    stats = await worker_stats(url.rstrip("/"))
+    if stats is None:
+        self.say(f"workers: no answer from {url}/stats (freshness unknown)")
+    else:
+        stats = stats.get("cluster", {})
+        p50, p99 = stats.get("freshness_p50_s"), stats.get("freshness_p99_s")
+
+        def ms(v: float | None) -> str:
+            return "n/a" if v is None else f"{v * 1000:.1f} ms"
+
+        self.say(
+            f"workers: {stats.get('workers_answering')}/{stats.get('workers')} answering, "
+            f"rate {stats.get('rate_tx_s', 0):.1f} tx/s, freshness p50 {ms(p50)}, p99 {ms(p99)}"
+        )
+    if max_lag is not None and total > max_lag:
+        self.say(f"lag: total {total} is above --max-lag {max_lag}")
+        raise SystemExit(1)

@@ -4,10 +4,11 @@ Both run when ``app/faust_ext.py``'s ``Recovery`` sends ``app.on_before_restore`
 before Faust reads where each partition's local store is.
 
 **Uncommitted state.** A partition whose RocksDB carries the uncommitted mark
-(``tables/user_state.py``, exactly_once) was written by a worker that died
-before committing: its local state holds writes of an aborted transaction.
-It is emptied, so that it is restored from the changelog (read_committed),
-exactly to the committed state. Other partitions keep their state.
+(``tables/user_state.py``) was written by a worker that died before
+committing: its local state holds writes of an aborted transaction
+(exactly_once) or writes whose changelog records may never have been
+delivered (at_least_once). It is emptied, so that it is restored from the
+changelog (read_committed under exactly_once). Other partitions keep their state.
 
 **Bulk restore.** Faust restores a changelog one event at a time (a queue, a
 task per get, per-event bookkeeping): a few thousand records/s. This reads each

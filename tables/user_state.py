@@ -97,23 +97,29 @@ def on_changelog_delivered(metadata: Any, count: int = 1) -> None:
         _delivered[tp] = last
 
 
-#: Present in a partition's RocksDB while it holds writes that no committed
-#: transaction covers yet (exactly_once only). 0xFF never starts a UTF-8 user
-#: id, so no head or chunk key can be this one.
+#: Present in a partition's RocksDB while it holds writes that no offset commit
+#: covers yet. 0xFF never starts a UTF-8 user id, so no head or chunk key can be this one.
 UNCOMMITTED_KEY = b"\xffuncommitted"
 
 
 class UncommittedWrites:
-    """Under exactly_once, marks in each table partition's RocksDB whether it holds uncommitted writes.
+    """Marks in each table partition's RocksDB whether it holds writes no offset commit covers yet.
 
     The mark is written before a partition's first write after a commit and
     removed after the next commit (after the persisted changelog offset). A
-    worker that dies in between leaves it: its partition holds writes of a
-    transaction the broker aborted, which replaying the changelog would not
-    undo, so the next restore of that partition (``tables/restore.py``)
-    starts it from empty. Partitions without the mark are exactly their
-    committed state and restore warm. Kafka Streams wipes a task's state
-    after an unclean shutdown under exactly-once for the same reason.
+    worker that dies in between leaves it, and the next restore of that
+    partition (``tables/restore.py``) starts it from empty, from the
+    changelog. Under exactly_once those writes belong to a transaction the
+    broker aborted, which replaying the changelog would not undo (Kafka
+    Streams wipes a task's state after an unclean shutdown for the same
+    reason). Under at_least_once their changelog records may never have
+    been delivered: the messages processed again would find their own
+    transactions in the local state (duplicates: nothing written again),
+    and expiry deletions are not repeated at all, so the changelog would
+    miss changes the local store has (a later restore elsewhere would bring
+    back forgotten users or lose transactions). Partitions without the mark
+    are exactly their committed state and restore warm; a clean shutdown
+    commits, so only a crash costs a restore from the changelog.
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -146,7 +152,7 @@ class UncommittedWrites:
         self._marked.clear()
 
 
-uncommitted = UncommittedWrites(enabled=settings.processing_guarantee == "exactly_once")
+uncommitted = UncommittedWrites(enabled=True)
 
 
 async def _on_task_migrated(sender: Any, partition: int, **kwargs: Any) -> None:
@@ -235,7 +241,7 @@ class PartitionWriter:
         self._pending += 1
 
     def flush(self) -> None:
-        """Write what is pending (marking the partition uncommitted first, under exactly_once)."""
+        """Write what is pending (marking the partition uncommitted first)."""
         if self._pending and self._db is not None:
             uncommitted.before_write(self.partition)
             self._db.write(self._batch)

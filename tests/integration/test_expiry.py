@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.integration.conftest import (
     BOOTSTRAP,
@@ -94,6 +95,19 @@ async def changelog_last_values(topic: str) -> dict[bytes, bytes | None]:
         return last
     finally:
         await consumer.stop()
+
+
+async def produce_fast(stream: Stream, topic: str) -> None:
+    """In order per partition, without a round trip per message (as ``produce`` does)."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        sends = [
+            await producer.send(topic, m.value, key=m.key, partition=m.partition) for m in stream.messages
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
 
 
 def lookup(worker: Worker, user: str) -> tuple[int, Any]:
@@ -186,3 +200,44 @@ def test_inactive_users_are_forgotten_deleted_and_stay_forgotten(
     for path in options:
         text = path.read_text()
         assert "  write_buffer_size=4194304\n" in text and "  max_write_buffer_number=2\n" in text, path
+
+
+def test_a_worker_killed_in_the_middle_of_a_sweep_forgets_every_idle_user_after_its_restart(
+    topics: Topics, spawn: Any
+) -> None:
+    """SIGKILL while the sweep's deletions are under way; the restarted worker (same data dir) finishes."""
+    env = {"USER_TTL_S": str(TTL_S), "EXPIRY_SWEEP_INTERVAL_S": "1"}
+    a = spawn(**env)
+    a.wait_ready()
+    base = time.time() - 20000
+    idle = [f"bulk-idle-{i:05d}" for i in range(30000)]
+    fill, tail = Stream(), Stream()
+    for i, user in enumerate(idle):
+        fill.add_tx(user, "direct", topics.partitions, f"{user}-a", base + i * 0.001, 4.0, "m1")
+    for user in ACTIVE:
+        fill.add_tx(user, "direct", topics.partitions, f"{user}-a", base + 500, 4.0, "m1")
+        tail.add_tx(
+            user, "direct", topics.partitions, f"{user}-b", base + 1200 + ACTIVE.index(user), 9.0, "m2"
+        )
+    asyncio.run(produce_fast(fill, topics.transactions))
+    wait_for(lambda: stats(a)["processed_total"] == len(fill.messages), 120, "the fill processed")
+    asyncio.run(produce([(m.key, m.value, m.partition) for m in tail.messages], topics.transactions))
+
+    expired_at_kill = wait_for(lambda: stats(a)["users_expired_total"], 60, "the sweep's first deletions")
+    a.stop(signal.SIGKILL)
+    assert expired_at_kill < len(idle), "the kill came after the sweep had finished: not mid-sweep"
+
+    again = spawn(APP_DATADIR=a.env["APP_DATADIR"], **env)
+    wait_for(
+        lambda: assignment([again], topics.partitions), 120, "the restarted worker owning every partition"
+    )
+    wait_for(lambda: stats(again)["users"] == len(ACTIVE), 120, "every idle user deleted after the restart")
+    oracle, _ = oracle_of(topics.partitions, fill, tail)
+    for user in idle[::997] + ACTIVE:
+        want_status, want = oracle.lookup(user)
+        status, body = lookup(again, user)
+        assert status == want_status, (user, body)
+        if want is not None:
+            assert_record_matches(body, want)
+    last = asyncio.run(changelog_last_values(f"{a.env['APP_ID']}-user-state-changelog"))
+    assert all(last[user.encode()] is None for user in idle)

@@ -54,7 +54,6 @@ from tables.user_state import (
     head_key,
     on_changelog_delivered,
     owner_partition,
-    send_expiry_tick,
     stream_times,
     sweeper,
     user_counts,
@@ -512,13 +511,8 @@ class FeatureBatches:
         finally:
             work.flush_state()
         await work.outbox.flush()
-        if ticked and sweeper.has_queued(
-            partition
-        ):  # no traffic here: the next tick carries the next deletions
-            try:
-                await send_expiry_tick(partition)
-            except Exception as exc:  # noqa: BLE001 - the next sweep pass sends one again
-                log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
+        if ticked and sweeper.has_queued(partition):
+            await sweeper.tick(partition)  # no traffic here: the next tick carries the next deletions
 
 
 def _stop_if_failed(task: asyncio.Future[Any]) -> None:

@@ -23,7 +23,7 @@ from app.cluster import cluster_stats
 from app.faust_ext import committed_offset, timer
 from app.main import app, health_topic, settings
 from app.readiness import input_topics, is_ready, owned_partitions
-from tables.user_state import send_expiry_tick, stream_times, sweeper, user_counts
+from tables.user_state import stream_times, sweeper, user_counts
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,8 @@ async def refresh_consumer_lag() -> None:
 @timer(app, settings.expiry_sweep_interval_s)
 async def sweep_expired_users() -> None:
     """SPEC 4, Expiry: queue the users of the active partitions that have fallen behind (tables/expiry.py)."""
-    if not (stream_times.enabled and is_ready()) or not await sweeper.sweep():
-        return
-    app.metrics.on_sweep(sweeper.last_pass_s or 0.0, sweeper.last_pass_keys)
-    for partition in sweeper.waiting_without_batches(since=sweeper.last_pass_started):
-        try:
-            await send_expiry_tick(partition)
-        except Exception as exc:  # noqa: BLE001 - the next pass tries again
-            log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
+    if stream_times.enabled and is_ready() and await sweeper.sweep(owned_partitions()):
+        app.metrics.on_sweep(sweeper.last_pass_s or 0.0, sweeper.last_pass_keys)
 
 
 def health_line(snapshot: dict[str, Any]) -> str:

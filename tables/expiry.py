@@ -167,8 +167,8 @@ class Sweeper:
     """Finds expired users in the active partitions' stores and queues them for the hot path.
 
     ``open_dbs()`` gives partition -> RocksDB database as the table's store
-    has them open (active and standby); ``active()`` the partitions this
-    worker processes; ``floor(partition, db)`` the partition's expiry floor.
+    has them open (active and standby); ``floor(partition, db)`` the
+    partition's expiry floor; ``send_tick(partition)`` sends a tick.
     """
 
     KEYS_PER_TURN = 1000
@@ -180,14 +180,12 @@ class Sweeper:
     def __init__(
         self,
         open_dbs: Callable[[], Mapping[int, Any]],
-        active: Callable[[], Iterable[int]],
         floor: Callable[[int, Any], float | None],
         offset_key: Callable[[], bytes | None],
-        tick: Callable[[int], Awaitable[None]] | None = None,
+        send_tick: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._open_dbs = open_dbs
-        self._tick = tick
-        self._active = active
+        self._send_tick = send_tick
         self._floor = floor
         self._offset_key = offset_key
         self.queued: dict[int, OrderedDict[str, None]] = {}  # partition -> user ids (an ordered set)
@@ -195,7 +193,6 @@ class Sweeper:
         self._generation = 0
         self._batch_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
         self.passes = 0
-        self.last_pass_started = 0.0
         self.last_pass_s: float | None = None
         self.last_pass_keys = 0
 
@@ -225,16 +222,29 @@ class Sweeper:
     def has_queued(self, partition: int) -> bool:
         return bool(self.queued.get(partition))
 
-    def waiting_without_batches(self, since: float) -> list[int]:
-        """Partitions with queued users and no batch since ``since`` (monotonic): they need a tick."""
-        return [p for p, queue in self.queued.items() if queue and self._batch_at.get(p, -math.inf) < since]
+    async def tick(self, partition: int) -> bool:
+        """Send a tick to ``partition`` (its batch deletes queued users); False if it could not be sent."""
+        if self._send_tick is None:
+            return False
+        try:
+            await self._send_tick(partition)
+        except Exception as exc:  # noqa: BLE001 - the next pass or wait tries again
+            log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
+            return False
+        return True
 
-    async def sweep(self) -> bool:
-        """One pass over the active partitions; False if a rebalance interrupted it."""
+    def _batch_since(self, partition: int, since: float) -> bool:
+        return self._batch_at.get(partition, -math.inf) >= since
+
+    async def sweep(self, partitions: Iterable[int]) -> bool:
+        """One pass over ``partitions`` (the active ones); False if a rebalance interrupted it.
+
+        Partitions left with queued users and no batch since the pass began get a tick.
+        """
         generation = self._generation
-        started = self.last_pass_started = time.monotonic()
+        started = time.monotonic()
         keys = 0
-        for partition in sorted(self._active()):
+        for partition in sorted(partitions):
             db = self._open_dbs().get(partition)
             if db is None:
                 continue
@@ -248,6 +258,9 @@ class Sweeper:
         self.passes += 1
         self.last_pass_s = time.monotonic() - started
         self.last_pass_keys = keys
+        for partition, queue in list(self.queued.items()):
+            if queue and not self._batch_since(partition, started):
+                await self.tick(partition)
         return True
 
     async def _sweep_partition(self, partition: int, db: Any, floor: float, generation: int) -> int:
@@ -297,11 +310,6 @@ class Sweeper:
                 return False
             if len(queue) < self.MAX_QUEUED:
                 return True
-            if not ticked and self._tick is not None and self._batch_at.get(partition, -math.inf) < since:
-                ticked = True  # no batch is coming: a tick brings one (its batch chains the next)
-                try:
-                    await self._tick(partition)
-                except Exception as exc:  # noqa: BLE001 - the next wait tries again
-                    log.warning("could not send an expiry tick to partition %s: %s", partition, exc)
-                    ticked = False
+            if not ticked and not self._batch_since(partition, since):
+                ticked = await self.tick(partition)  # no batch is coming: a tick brings one
             await asyncio.sleep(self.WAIT_S)

@@ -122,13 +122,12 @@ class UncommittedWrites:
     commits, so only a crash costs a restore from the changelog.
     """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self._marked: set[int] = set()
         self.migrated: set[int] = set()  # fenced since the last assignment: marks stay
 
     def before_write(self, partition: int) -> None:
-        if not self.enabled or partition in self._marked or partition in self.migrated:
+        if partition in self._marked or partition in self.migrated:
             return
         db = open_partition_dbs(user_state).get(partition)
         if db is not None:  # None: memory store (unit tests)
@@ -152,7 +151,7 @@ class UncommittedWrites:
         self._marked.clear()
 
 
-uncommitted = UncommittedWrites(enabled=True)
+uncommitted = UncommittedWrites()
 
 
 async def _on_task_migrated(sender: Any, partition: int, **kwargs: Any) -> None:
@@ -452,16 +451,11 @@ connect(app.on_partitions_assigned, _recount_after_rebalance)
 stream_times = StreamTimes(settings.user_ttl_s)
 
 
-def _active_partitions() -> list[int]:
-    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.transactions_topic)
-
-
 sweeper = Sweeper(
     lambda: open_partition_dbs(user_state),
-    _active_partitions,
     lambda partition, db: stream_times.floor(partition, db.get),
     lambda: store_offset_key(user_state),
-    tick=lambda partition: send_expiry_tick(partition),
+    send_tick=lambda partition: send_expiry_tick(partition),
 )
 
 

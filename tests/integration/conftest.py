@@ -135,6 +135,12 @@ class Worker:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
         return http_get(self.url + path, headers)
 
+    def stats(self) -> dict[str, Any]:
+        """This worker's own ``/stats`` (``scope=worker``)."""
+        status, _, body = self.get("/stats?scope=worker")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
     def ready_body(self) -> dict[str, Any] | None:
         if not self.alive():
             raise AssertionError(f"worker exited ({self.proc and self.proc.returncode}); log:\n{self.tail()}")

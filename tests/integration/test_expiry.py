@@ -32,12 +32,6 @@ ACTIVE = [f"active-{i:03d}" for i in range(20)]
 RETURNING = IDLE[:10]
 
 
-def stats(worker: Worker) -> dict[str, Any]:
-    status, _, body = worker.get("/stats?scope=worker")
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
-
-
 def build(partitions: int) -> tuple[Stream, Stream, Stream]:
     """Three phases; the second moves every partition's stream time past the idle users' M + TTL."""
     base = time.time() - 20000
@@ -147,11 +141,13 @@ def test_inactive_users_are_forgotten_deleted_and_stay_forgotten(
     assert oracle.expired == []  # nobody came back yet: the sweep, not a transaction, must forget them
 
     # Lookups answer 404 as soon as the stream time has passed (whether or not the sweep has run) ...
-    wait_for(lambda: stats(a)["processed_total"] == len(first.messages) + len(second.messages), 120, "all in")
+    wait_for(
+        lambda: a.stats()["processed_total"] == len(first.messages) + len(second.messages), 120, "all in"
+    )
     check_lookups([a], oracle)
     # ... and the sweep deletes them: the users count falls, the changelog holds tombstones.
     wait_for(
-        lambda: (s := stats(a))["users_expired_total"] == len(IDLE) and s["users"] == len(ACTIVE),
+        lambda: (s := a.stats())["users_expired_total"] == len(IDLE) and s["users"] == len(ACTIVE),
         60,
         "the sweep deleting every idle user",
     )
@@ -182,7 +178,7 @@ def test_inactive_users_are_forgotten_deleted_and_stay_forgotten(
         assert record["seconds_since_last_tx"] is None and record["tx_count_24h"] == 1
     check_lookups([a, b], oracle)
     wait_for(
-        lambda: sum(stats(w)["users"] for w in (a, b)) == len(ACTIVE) + len(RETURNING), 60, "user counts"
+        lambda: sum(w.stats()["users"] for w in (a, b)) == len(ACTIVE) + len(RETURNING), 60, "user counts"
     )
 
     # A cold start of the whole app on new data directories: restored from the changelog,
@@ -192,8 +188,8 @@ def test_inactive_users_are_forgotten_deleted_and_stay_forgotten(
     cold = spawn(**env)
     wait_for(lambda: assignment([cold], topics.partitions), 120, "the cold worker owning every partition")
     check_lookups([cold], oracle)
-    wait_for(lambda: stats(cold)["users"] == len(ACTIVE) + len(RETURNING), 60, "users after the restore")
-    assert stats(cold)["users_expired_total"] == 0  # nothing left to expire: the tombstones did it
+    wait_for(lambda: cold.stats()["users"] == len(ACTIVE) + len(RETURNING), 60, "users after the restore")
+    assert cold.stats()["users_expired_total"] == 0  # nothing left to expire: the tombstones did it
     # Bounded RocksDB memory (ROCKSDB_WRITE_BUFFER_MB, default 4): RocksDB's own record of its options.
     options = [p for p in Path(cold.env["APP_DATADIR"]).rglob("OPTIONS-*") if "user-state" in str(p)]
     assert options
@@ -220,10 +216,10 @@ def test_a_worker_killed_in_the_middle_of_a_sweep_forgets_every_idle_user_after_
             user, "direct", topics.partitions, f"{user}-b", base + 1200 + ACTIVE.index(user), 9.0, "m2"
         )
     asyncio.run(produce_fast(fill, topics.transactions))
-    wait_for(lambda: stats(a)["processed_total"] == len(fill.messages), 120, "the fill processed")
+    wait_for(lambda: a.stats()["processed_total"] == len(fill.messages), 120, "the fill processed")
     asyncio.run(produce([(m.key, m.value, m.partition) for m in tail.messages], topics.transactions))
 
-    expired_at_kill = wait_for(lambda: stats(a)["users_expired_total"], 60, "the sweep's first deletions")
+    expired_at_kill = wait_for(lambda: a.stats()["users_expired_total"], 60, "the sweep's first deletions")
     a.stop(signal.SIGKILL)
     assert expired_at_kill < len(idle), "the kill came after the sweep had finished: not mid-sweep"
 
@@ -231,7 +227,7 @@ def test_a_worker_killed_in_the_middle_of_a_sweep_forgets_every_idle_user_after_
     wait_for(
         lambda: assignment([again], topics.partitions), 120, "the restarted worker owning every partition"
     )
-    wait_for(lambda: stats(again)["users"] == len(ACTIVE), 120, "every idle user deleted after the restart")
+    wait_for(lambda: again.stats()["users"] == len(ACTIVE), 120, "every idle user deleted after the restart")
     oracle, _ = oracle_of(topics.partitions, fill, tail)
     for user in idle[::997] + ACTIVE:
         want_status, want = oracle.lookup(user)

@@ -34,12 +34,6 @@ def batch(stream: Stream, partitions: int, users: int, per_user: int, start: flo
     return stream.messages[first:]
 
 
-def stats(worker: Worker) -> dict[str, Any]:
-    status, _, body = worker.get("/stats?scope=worker")
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
-
-
 def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None:
     a = spawn()
     a.wait_ready()
@@ -61,7 +55,7 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     again = spawn(APP_DATADIR=a.env["APP_DATADIR"])
     wait_for(lambda: assignment([again, b], topics.partitions), 120, "partitions split again")
     # startup_to_ready_s is set by the same timer tick that closes the restore episode.
-    restored = wait_for(lambda: (s := stats(again))["startup_to_ready_s"] is not None and s, 60, "ready")[
+    restored = wait_for(lambda: (s := again.stats())["startup_to_ready_s"] is not None and s, 60, "ready")[
         "last_recovery"
     ]
     replayed = 0 if restored is None else restored["records"]
@@ -79,9 +73,9 @@ def test_warm_restart_replays_only_the_delta(topics: Topics, spawn: Any) -> None
     b.stop()
     cold = spawn()
     wait_for(lambda: assignment([cold], topics.partitions), 120, "a cold worker owning every partition")
-    cold_restored = wait_for(lambda: (s := stats(cold))["startup_to_ready_s"] is not None and s, 60, "ready")[
-        "last_recovery"
-    ]
+    cold_restored = wait_for(
+        lambda: (s := cold.stats())["startup_to_ready_s"] is not None and s, 60, "ready"
+    )["last_recovery"]
     cold_full = changelog_records(changelog, cold.ready_body()["partitions"])
     print(f"cold start: {cold_restored}; changelog of its partitions: {cold_full}")
     assert cold_restored is not None and cold_restored["records"] == cold_full
@@ -105,7 +99,7 @@ def test_cold_restart_restores_every_user(topics: Topics, spawn: Any, guarantee:
     sent = batch(stream, topics.partitions, users=200, per_user=40, start=time.time() - 3000, tag="c")
     asyncio.run(produce([(m.key, m.value, m.partition) for m in sent], topics.transactions))
     wait_for(
-        lambda: (s := stats(a))["processed_total"] == len(sent) and s["lag_total"] == 0,
+        lambda: (s := a.stats())["processed_total"] == len(sent) and s["lag_total"] == 0,
         180,
         "every transaction processed and committed",
     )
@@ -113,7 +107,7 @@ def test_cold_restart_restores_every_user(topics: Topics, spawn: Any, guarantee:
 
     cold = spawn(PROCESSING_GUARANTEE=guarantee)
     wait_for(lambda: assignment([cold], topics.partitions), 120, "the cold worker owning every partition")
-    restored = wait_for(lambda: (s := stats(cold))["startup_to_ready_s"] is not None and s, 60, "ready")[
+    restored = wait_for(lambda: (s := cold.stats())["startup_to_ready_s"] is not None and s, 60, "ready")[
         "last_recovery"
     ]
     print(f"cold restart ({guarantee}): {restored}")
@@ -122,7 +116,7 @@ def test_cold_restart_restores_every_user(topics: Topics, spawn: Any, guarantee:
     if guarantee == "at_least_once":  # under exactly_once, transaction markers take offsets too
         changelog = f"{a.env['APP_ID']}-user-state-changelog"
         assert restored["records"] == changelog_records(changelog, list(range(topics.partitions)))
-    wait_for(lambda: stats(cold)["users"] == 200, 30, "200 users counted")
+    wait_for(lambda: cold.stats()["users"] == 200, 30, "200 users counted")
     check(stream, [cold])
 
 

@@ -107,10 +107,9 @@ class Store:
         return w
 
 
-def make_sweeper(store: Store, floor: float | None, active: list[int] | None = None) -> Sweeper:
+def make_sweeper(store: Store, floor: float | None) -> Sweeper:
     return Sweeper(
         open_dbs=lambda: {0: store.db},
-        active=lambda: [0] if active is None else active,
         floor=lambda partition, db: floor,
         offset_key=lambda: Store.OFFSET_KEY,
     )
@@ -128,7 +127,7 @@ def test_the_sweep_queues_exactly_the_users_below_the_floor(tmp_path: Path) -> N
         store.add_user(f"new{i:03d}", 2000.0 + i)
     sweeper = make_sweeper(store, floor=1000.0)
     sweeper.KEYS_PER_TURN = 7  # many turns
-    assert asyncio.run(sweeper.sweep())
+    assert asyncio.run(sweeper.sweep([0]))
     assert set(sweeper.queued[0]) == expired
     popped = [sweeper.pop(0) for _ in range(41)]
     assert popped[:40] == sorted(expired) and popped[40] is None  # in key order, each once
@@ -139,13 +138,13 @@ def test_a_partition_where_nothing_fell_behind_since_the_last_pass_is_skipped(tm
     store = Store(tmp_path / "db")
     store.add_user("a", 1500.0)
     floor: list[float] = [1000.0]
-    sweeper = Sweeper(lambda: {0: store.db}, lambda: [0], lambda p, db: floor[0], lambda: None)
-    assert asyncio.run(sweeper.sweep()) and sweeper.last_pass_keys == 1
+    sweeper = Sweeper(lambda: {0: store.db}, lambda p, db: floor[0], lambda: None)
+    assert asyncio.run(sweeper.sweep([0])) and sweeper.last_pass_keys == 1
     floor[0] = 1400.0  # still below the oldest M kept (1500)
-    assert asyncio.run(sweeper.sweep()) and sweeper.last_pass_keys == 0
+    assert asyncio.run(sweeper.sweep([0])) and sweeper.last_pass_keys == 0
     sweeper.note_latest(0, 1200.0)  # a user accepted with an old timestamp since
     store.add_user("b", 1200.0)
-    assert asyncio.run(sweeper.sweep()) and sweeper.last_pass_keys == 2
+    assert asyncio.run(sweeper.sweep([0])) and sweeper.last_pass_keys == 2
     assert set(sweeper.queued[0]) == {"b"}
 
 
@@ -157,7 +156,7 @@ def test_a_rebalance_stops_a_pass_and_drops_the_queues(tmp_path: Path) -> None:
     sweeper.KEYS_PER_TURN = 10
 
     async def scenario() -> bool:
-        task = asyncio.ensure_future(sweeper.sweep())
+        task = asyncio.ensure_future(sweeper.sweep([0]))
         await asyncio.sleep(0)  # the first turn ran
         sweeper.on_rebalance()
         return await task
@@ -169,9 +168,9 @@ def test_a_rebalance_stops_a_pass_and_drops_the_queues(tmp_path: Path) -> None:
 def test_standby_and_unknown_partitions_are_not_swept(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     store.add_user("a", 10.0)
-    assert asyncio.run(make_sweeper(store, floor=100.0, active=[]).sweep())
+    assert asyncio.run(make_sweeper(store, floor=100.0).sweep([]))
     no_time = make_sweeper(store, floor=None)
-    assert asyncio.run(no_time.sweep()) and no_time.queued == {}
+    assert asyncio.run(no_time.sweep([0])) and no_time.queued == {}
 
 
 def test_a_full_queue_makes_the_pass_wait_for_deletions_and_tick_an_idle_partition(tmp_path: Path) -> None:
@@ -187,7 +186,7 @@ def test_a_full_queue_makes_the_pass_wait_for_deletions_and_tick_an_idle_partiti
     async def tick(partition: int) -> None:
         ticks.append(partition)
 
-    sweeper = Sweeper(lambda: {0: store.db}, lambda: [0], lambda p, db: 100.0, lambda: None, tick=tick)
+    sweeper = Sweeper(lambda: {0: store.db}, lambda p, db: 100.0, lambda: None, send_tick=tick)
     sweeper.KEYS_PER_TURN, sweeper.MAX_QUEUED, sweeper.WAIT_S = 3, 5, 0.001
 
     async def hot_path() -> None:  # deletes what is queued, but only once a tick has come
@@ -199,7 +198,7 @@ def test_a_full_queue_makes_the_pass_wait_for_deletions_and_tick_an_idle_partiti
 
     async def scenario() -> bool:
         drainer = asyncio.ensure_future(hot_path())
-        done = await sweeper.sweep()
+        done = await sweeper.sweep([0])
         await asyncio.wait_for(drainer, 5)
         return done
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.ports import free_port as free_port  # re-exported for the bench scripts
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PYTHON = str(BIN / "python")
@@ -39,13 +40,6 @@ Guarantee = Literal["at_least_once", "exactly_once"]
 
 def bootstrap() -> str:
     return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
-
-
-def free_port() -> int:
-    """A TCP port the OS has just handed out on 127.0.0.1 (so two runs never collide)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- the stream

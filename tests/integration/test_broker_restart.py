@@ -15,10 +15,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration.conftest import REPO, TopicReader, Worker, assignment, free_port, wait_for
+from tests.integration.conftest import REPO, TopicReader, Worker, assignment, wait_for
 from tests.integration.streams import replay
 from tests.integration.test_failover import assert_single_pass, traffic
 from tests.oracle import assert_record_matches
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +30,7 @@ class Broker:
     """A broker of this test's own (scripts/kafka.sh on another port and data directory)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        while self.port + 1 > 65535 or _taken(self.port + 1):
-            self.port = free_port()
+        self.port = free_port(consecutive=2)  # kafka.sh's controller listens on KAFKA_PORT + 1
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_DATA_DIR": str(tmp / "kafka")}
 
     @property
@@ -40,13 +39,6 @@ class Broker:
 
     def run(self, action: str) -> None:
         subprocess.run([str(REPO / "scripts" / "kafka.sh"), action], env=self.env, check=True, timeout=180)
-
-
-def _taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture

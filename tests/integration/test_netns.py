@@ -34,7 +34,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -63,6 +62,7 @@ from tests.integration.conftest import (
 from tests.integration.streams import owner_partition, replay
 from tests.integration.test_failover import MESSAGES, RATE_PER_S, traffic
 from tests.oracle import assert_record_matches
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -99,23 +99,6 @@ def free_subnet() -> ipaddress.IPv4Network:
         if not any(net.overlaps(t) for t in taken):
             return net
     raise AssertionError(f"no free {NET_PREFIX}.<n>.0/24 subnet: every one is in use on this host")
-
-
-def free_port_pair(host: str) -> int:
-    """A port p with p and p + 1 both free on ``host`` (kafka.sh's controller uses KAFKA_PORT + 1)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind((host, 0))
-            port = int(a.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind((host, port + 1))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError(f"no two consecutive free ports on {host}")
 
 
 @dataclass
@@ -188,7 +171,7 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
             net.namespaces.append((ns, address))
 
         # A broker of our own, listening on (and advertising) the bridge address only.
-        port = free_port_pair(net.bridge_ip)
+        port = free_port(net.bridge_ip, consecutive=2)  # kafka.sh's controller uses KAFKA_PORT + 1
         net.kafka_data = tmp_path / "kafka"
         net.kafka_env = {
             **os.environ,

@@ -51,7 +51,6 @@ from tables.expiry import TICK_KEY, head_latest_ts
 from tables.user_state import (
     PartitionWriter,
     changelog_topic_name,
-    head_key,
     on_changelog_delivered,
     owner_partition,
     stream_times,
@@ -59,7 +58,7 @@ from tables.user_state import (
     user_counts,
     windows,
 )
-from tables.window import UserWindow
+from tables.window import UserWindow, head_key
 
 log = logging.getLogger(__name__)
 

@@ -68,3 +68,13 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
         if meta.get("error_code", 0) == 0 and meta.get("partitions"):
             counts[meta["topic"]] = len(meta["partitions"])
     return counts
+
+
+async def partition_counts(broker_url: str, names: list[str]) -> dict[str, int]:
+    """Partitions of each existing topic of ``names`` (a missing topic is left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker_url))
+    await admin.start()
+    try:
+        return await _partition_counts(admin, names)
+    finally:
+        await admin.close()

@@ -92,7 +92,7 @@ def build_app(settings: Settings) -> VelocityApp:
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
-        autodiscover=["agents", "app.web", "app.timers", "app.commands"],
+        autodiscover=["agents", "app.web", "app.timers", "app.commands", "app.export", "app.dlq"],
         # Our own pages live at / and /stats; Faust's table browser would expose raw state.
         web_stats_enabled=False,
         web_tables_enabled=False,

@@ -1,6 +1,7 @@
 """The per-user state table, and :class:`UserWindows`: the pure :class:`UserWindow` s kept in it.
 
-One RocksDB-backed Faust table, ``user-state``, with raw byte keys: the head
+One RocksDB-backed Faust table, ``user-state``, with raw byte keys
+(:func:`tables.window.head_key`, :func:`tables.window.chunk_key`): the head
 of a user is stored under the user id's UTF-8 bytes (exactly the bytes of the
 topic key, so ``table_route``/the router find the owner), and each sealed
 chunk under ``user id + 0xFF + chunk number`` (0xFF never occurs in UTF-8, so
@@ -40,11 +41,9 @@ from app.faust_ext import (
 )
 from app.main import app, settings
 from tables.expiry import TICK_KEY, StreamTimes, Sweeper
-from tables.window import StateWrite, UserWindow
+from tables.window import StateWrite, UserWindow, chunk_key, head_key, is_head_key
 
 log = logging.getLogger(__name__)
-
-CHUNK_SEPARATOR = b"\xff"
 
 
 async def _count_changelog_event(event: Any) -> None:
@@ -188,18 +187,6 @@ async def persist_delivered_offsets(sender: Any, *args: Any, **kwargs: Any) -> N
 def owner_partition(user_key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives the key, as Faust routes."""
     return int(murmur2(user_key) & 0x7FFFFFFF) % partitions
-
-
-def head_key(user_id: str) -> bytes:
-    return user_id.encode("utf-8")
-
-
-def chunk_key(user_id: str, chunk_no: int) -> bytes:
-    return head_key(user_id) + CHUNK_SEPARATOR + str(chunk_no).encode("ascii")
-
-
-def is_head_key(key: bytes) -> bool:
-    return CHUNK_SEPARATOR not in key
 
 
 class PartitionWriter:

@@ -84,6 +84,23 @@ def _from_row(user_id: str, row: list[Any]) -> tuple[int, Transaction]:
     return int(seq), txn
 
 
+#: Between a user id and a chunk number in a chunk's key (0xFF never occurs in UTF-8).
+CHUNK_SEPARATOR = b"\xff"
+
+
+def head_key(user_id: str) -> bytes:
+    """Where a user's head is stored: its id's UTF-8 bytes (the topic key, so routing finds the owner)."""
+    return user_id.encode("utf-8")
+
+
+def chunk_key(user_id: str, chunk_no: int) -> bytes:
+    return head_key(user_id) + CHUNK_SEPARATOR + str(chunk_no).encode("ascii")
+
+
+def is_head_key(key: bytes) -> bool:
+    return CHUNK_SEPARATOR not in key
+
+
 @dataclass(frozen=True, slots=True)
 class StateWrite:
     """One table write: the head (``chunk_no is None``) or a chunk; ``value=None`` deletes."""

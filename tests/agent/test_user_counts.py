@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-from tables.user_state import UserCounts, chunk_key, head_key
+from tables.user_state import UserCounts
+from tables.window import chunk_key, head_key
 
 OFFSET_KEY = b"__faust\0offset__"
 

@@ -1,0 +1,1 @@
+"""``faust -A app dlq``: dead letters (SPEC 9)."""

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick bench-scale redis
+.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick bench-scale bench-export redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-quick: setup kafka redis
 ## bench-scale: memory, disk, restore and takeover against users in state (100k, 1M, 5M; about 20 minutes)
 bench-scale: setup kafka
 	$(BIN)/python -m bench.scale
+
+## bench-export: faust -A app export of 1M transactions to Parquet and CSV: rows/s and peak RSS (a few minutes)
+bench-export: setup kafka
+	$(BIN)/python -m bench.export
 
 # The seed's Redis design needs redis-server: installed with apt-get when missing, else said in one line.
 redis:

@@ -36,7 +36,7 @@ class VelocityApp(ExtendedApp):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(settings.app_id, **kwargs)
         self.settings = settings
-        self.metrics = PipelineMetrics()
+        self.metrics = PipelineMetrics(behind_after_s=settings.freshness_warn_s)
         self._gc_started_s = 0.0
 
     async def on_first_start(self) -> None:

@@ -52,7 +52,8 @@ def quantile(sorted_values: list[float], q: float) -> float | None:
 
 
 class PipelineMetrics:
-    def __init__(self) -> None:
+    def __init__(self, behind_after_s: float = 5.0) -> None:
+        self.behind_after_s = behind_after_s  # FRESHNESS_WARN_S: input older than this is being caught up on
         self.registry = CollectorRegistry()
         r = self.registry
         self._processed = Counter("velocity_transactions_processed", "Accepted transactions", registry=r)
@@ -98,6 +99,7 @@ class PipelineMetrics:
         self.users = 0
         self.lag: dict[tuple[str, int], int] = {}
         self.partitions: list[int] = []
+        self.last_input_age_s: float | None = None  # how old the last input message was when processed
         self._recent_freshness: deque[tuple[float, float]] = deque(maxlen=MAX_FRESHNESS_SAMPLES)
         # Seeded with the start, so that work done before the first sample
         # (a burst right after start-up) counts towards the rate.
@@ -152,6 +154,7 @@ class PipelineMetrics:
         freshness_s = max(0.0, computed_at_s - input_timestamp_s)
         self._freshness.observe(freshness_s)
         self._recent_freshness.append((time.monotonic(), freshness_s))
+        self.last_input_age_s = freshness_s
 
     def on_changelog_event(self, restoring_active: bool) -> None:
         if not restoring_active:
@@ -266,6 +269,7 @@ class PipelineMetrics:
             "freshness_p99_s": p99,
             "lag": [{"topic": t, "partition": p, "messages": n} for (t, p), n in sorted(self.lag.items())],
             "lag_total": self.total_lag(),
+            "catch_up": catch_up(self.total_lag(), self.rate_tx_s(), self.last_input_age_s, self.behind_after_s),
             "partitions": self.partitions,
             "uptime_s": time.time() - self.started_at_s,
             "startup_to_ready_s": self.startup_to_ready_s,
@@ -276,6 +280,19 @@ class PipelineMetrics:
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def catch_up(lag: int, rate_tx_s: float, behind_s: float | None, behind_after_s: float) -> dict[str, Any]:
+    """Whether the worker is catching up on history (a backfill, a restart after downtime), and its ETA.
+
+    Catching up: messages are waiting (``lag``) and the last one processed
+    had waited more than ``behind_after_s`` (FRESHNESS_WARN_S). ``behind_s``
+    is how old that message was when processed; ``eta_s`` the lag at the
+    last minute's rate (None when nothing was processed in that minute).
+    """
+    catching_up = lag > 0 and behind_s is not None and behind_s > behind_after_s
+    eta = None if rate_tx_s <= 0 else lag / rate_tx_s
+    return {"catching_up": catching_up, "lag": lag, "behind_s": behind_s, "eta_s": eta if lag else 0.0}
 
 
 def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,5 +318,18 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "freshness_p99_s": max(p99s) if p99s else None,
         "lag": sorted((lag for w in alive for lag in w["lag"]), key=lambda x: (x["topic"], x["partition"])),
         "lag_total": sum(w["lag_total"] for w in alive),
+        "catch_up": _merge_catch_up([w["catch_up"] for w in alive if "catch_up" in w]),
         "partitions": sorted(p for w in alive for p in w["partitions"]),
+    }
+
+
+def _merge_catch_up(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cluster catches up while any worker does; its ETA is the slowest worker's."""
+    behind = [c["behind_s"] for c in each if c["behind_s"] is not None]
+    etas = [c["eta_s"] for c in each]
+    return {
+        "catching_up": any(c["catching_up"] for c in each),
+        "lag": sum(c["lag"] for c in each),
+        "behind_s": max(behind) if behind else None,
+        "eta_s": None if any(e is None for e in etas) else max(etas, default=0.0),
     }

@@ -12,7 +12,9 @@ deletes users that are expired already).
 
 State lives in a temporary RocksDB, not a dict of users, so memory is bounded
 by the decoded-window cache (``cache_size`` windows) and the pending write
-batch, whatever the number of users in the history.
+batch, whatever the number of users in the history. A window's head is
+stored when the cache lets the window go, not after every transaction (the
+worker needs it in its changelog at once; a replay does not).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class HistoryState:
         self._db = rocksdict.Rdict(str(path), options=options)
         self._pending: dict[bytes, bytes | None] = {}
         self._cache: OrderedDict[str, UserWindow] = OrderedDict()
+        self._dirty: set[str] = set()  # cached windows whose head is not stored yet
         self.cache_size = cache_size
         self.lateness_s = lateness_s
         self.chunk_rows = chunk_rows
@@ -69,13 +72,17 @@ class HistoryState:
         if window is None:
             window = UserWindow(user_id, self.lateness_s, self.chunk_rows)
         try:
-            outcome = window.apply(txn, computed_at_s)
+            outcome = window.apply(txn, computed_at_s, with_head=False)
         except Exception:
-            self._cache.pop(user_id, None)  # maybe half-updated: read it again from its stored state
+            # Maybe half-updated: read it again from its stored state (as of its last write).
+            self._cache.pop(user_id, None)
+            self._dirty.discard(user_id)
             raise
         for write in outcome.writes:
             key = head_key(user_id) if write.chunk_no is None else chunk_key(user_id, write.chunk_no)
             self._put(key, write.value)
+        if outcome.verdict == "accepted":
+            self._dirty.add(user_id)
         self._remember(window)
         if outcome.verdict == "accepted" and stream_times.enabled:
             stream_times.advance(partition, txn.timestamp, _nothing_stored)
@@ -124,10 +131,14 @@ class HistoryState:
         for key in (head_key(user_id), *(chunk_key(user_id, no) for no in window.chunks)):
             self._put(key, None)
         self._cache.pop(user_id, None)
+        self._dirty.discard(user_id)
 
     def _remember(self, window: UserWindow) -> None:
         cache = self._cache
         cache[window.user_id] = window
         cache.move_to_end(window.user_id)
         while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+            user_id, evicted = cache.popitem(last=False)
+            if user_id in self._dirty:
+                self._dirty.discard(user_id)
+                self._put(head_key(user_id), evicted.encode_head())

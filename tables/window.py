@@ -222,8 +222,13 @@ class UserWindow:
         return _difference(self.latest_ts_s, self.lateness_s, round_up=True)
 
     # ---------------------------------------------------------------- updates
-    def apply(self, txn: Transaction, computed_at_s: float) -> Outcome:
-        """Process one validated transaction (SPEC 4: duplicates, lateness, accept)."""
+    def apply(self, txn: Transaction, computed_at_s: float, with_head: bool = True) -> Outcome:
+        """Process one validated transaction (SPEC 4: duplicates, lateness, accept).
+
+        ``with_head=False`` leaves the head out of the writes: a caller that
+        keeps the window in memory stores :meth:`encode_head` when it lets
+        the window go (the export), instead of once per transaction.
+        """
         known = self._by_id.get(txn.transaction_id)
         floor = self.lateness_floor_s()
         if known is not None:
@@ -260,7 +265,8 @@ class UserWindow:
             self._set_big(not self._big)
         if len(self.tail) >= self.chunk_rows:
             writes.append(self._seal())
-        writes.append(StateWrite(None, self.encode_head()))
+        if with_head:
+            writes.append(StateWrite(None, self.encode_head()))
         return Outcome("accepted", self.features_for(accepted, computed_at_s), tuple(writes))
 
     def _insert(self, txn: Transaction, previous_m: float | None) -> None:

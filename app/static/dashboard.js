@@ -10,6 +10,7 @@
   const $ = (id) => document.getElementById(id);
   const fmtInt = (n) => (n == null ? "–" : Math.round(n).toLocaleString("en-US"));
   const fmtMs = (s) => (s == null ? "–" : (s * 1000 < 10 ? (s * 1000).toFixed(2) : (s * 1000).toFixed(0)));
+  const fmtDur = (s) => (s == null ? "–" : s < 90 ? s.toFixed(0) + " s" : s < 5400 ? (s / 60).toFixed(0) + " min" : s < 172800 ? (s / 3600).toFixed(1) + " h" : (s / 86400).toFixed(1) + " days");
 
   function chart(el, series, colors) {
     const opts = {
@@ -72,7 +73,11 @@
       $("k-rate").textContent = c.rate_tx_s.toFixed(c.rate_tx_s < 10 ? 1 : 0);
       $("k-processed").textContent = fmtInt(c.processed_total);
       $("k-lag").textContent = fmtInt(c.lag_total);
-      $("k-lag").parentElement.classList.toggle("warn", c.lag_total > 1000);
+      const cu = c.catch_up || {};
+      $("k-lag").parentElement.classList.toggle("warn", c.lag_total > 1000 || !!cu.catching_up);
+      $("k-lag-unit").textContent = cu.catching_up
+        ? "catching up: reading input from " + fmtDur(cu.behind_s) + " ago, ETA " + (cu.eta_s == null ? "unknown" : fmtDur(cu.eta_s))
+        : "messages behind";
       $("k-fresh").textContent = fmtMs(c.freshness_p50_s) + " / " + fmtMs(c.freshness_p99_s) + " ms";
       $("k-users").textContent = fmtInt(c.users);
       $("k-expired").textContent = "active partitions; " + fmtInt(c.users_expired_total || 0) + " expired";
@@ -82,7 +87,7 @@
       bars($("dlq"), Object.entries(c.dead_letters), "bad");
       const allReady = body.workers.every((w) => w.ready && !w.error);
       const st = $("status");
-      st.textContent = c.workers_answering + " / " + c.workers + " workers " + (allReady ? "ready" : "not ready");
+      st.textContent = c.workers_answering + " / " + c.workers + " workers " + (allReady ? "ready" : "not ready") + (cu.catching_up ? " · catching up" : "");
       st.className = "pill " + (allReady ? "pill-ok" : "pill-wait");
       $("workers").textContent = "Workers: " + body.workers.map((w) => w.worker + (w.error ? " (" + w.error + ")" : " — partitions " + JSON.stringify(w.partitions))).join(" · ");
     } catch (err) {

@@ -261,6 +261,18 @@ async def produce(messages: list[tuple[bytes | None, bytes, int | None]], topic:
         await producer.stop()
 
 
+async def produce_many(messages: list[tuple[bytes | None, bytes, int | None]], topic: str) -> None:
+    """Send ``(key, value, partition)`` in order, batched (for volume; where each landed is not kept)."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        for key, value, partition in messages:
+            await producer.send(topic, value=value, key=key, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 class TopicReader:
     """Reads a topic from the beginning, keeping every message (key, value as JSON)."""
 

@@ -21,9 +21,17 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import BOOTSTRAP, FAUST, REPO, Topics, create_topics, produce, wait_for
+from tests.integration.conftest import (
+    BOOTSTRAP,
+    FAUST,
+    REPO,
+    Topics,
+    create_topics,
+    produce,
+    produce_many,
+    wait_for,
+)
 from tests.integration.streams import D, H, Stream, owner_partition
 from tests.integration.test_pipeline import build_stream
 from tests.oracle import RECORD_FIELDS, Oracle, assert_record_matches
@@ -249,23 +257,17 @@ def _txn(user: str, tid: str, ts: float) -> dict[str, Any]:
     return {"transaction_id": tid, "user_id": user, "amount": 1.5, "merchant_id": "m", "timestamp": ts}
 
 
-async def _produce_many(topic: str, n: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=20)
-    await producer.start()
-    try:
-        now = time.time()
-        for i in range(n):
-            user = f"bulk-{i % 5000}"
-            await producer.send(
-                topic, orjson.dumps(_txn(user, f"b{i}", now - 3000 + i * 0.01)), key=user.encode()
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 def test_an_interrupted_export_leaves_no_file(topics: Topics, tmp_path: Path) -> None:
-    asyncio.run(_produce_many(topics.transactions, 150_000))
+    now = time.time()
+    bulk: list[tuple[bytes | None, bytes, int | None]] = [
+        (
+            f"bulk-{i % 5000}".encode(),
+            orjson.dumps(_txn(f"bulk-{i % 5000}", f"b{i}", now - 3000 + i * 0.01)),
+            None,
+        )
+        for i in range(150_000)
+    ]
+    asyncio.run(produce_many(bulk, topics.transactions))
     out = tmp_path / "big.parquet"
     proc = subprocess.Popen(
         [FAUST, "-A", "app", "export", "--output", str(out)],

@@ -73,7 +73,7 @@ _STR_COLUMNS = frozenset({"user_id", "transaction_id", "merchant_category"})
 _BOOL_COLUMNS = frozenset({"is_online"})
 
 #: Rows per Parquet row group (and per write of either format).
-ROWS_PER_WRITE = 50_000
+ROWS_PER_WRITE = 25_000
 #: Records fetched per partition at a time.
 FETCH_RECORDS = 2_000
 #: A partition that makes no progress for this long is an error (a broker gone, a stuck transaction).

@@ -29,7 +29,11 @@ from tables.expiry import StreamTimes
 from tables.window import Outcome, UserWindow, chunk_key, head_key
 
 #: Writes gathered before they go to RocksDB in one write batch.
-FLUSH_EVERY = 20_000
+FLUSH_EVERY = 5_000
+
+
+_NO_WAL = rocksdict.WriteOptions()
+_NO_WAL.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time; the stub says method
 
 
 def _nothing_stored(key: bytes) -> bytes | None:
@@ -50,7 +54,14 @@ class HistoryState:
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(16 * 1024 * 1024)
+        options.set_max_write_buffer_number(2)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(rocksdict.Cache(16 * 1024 * 1024))
+        table.set_bloom_filter(10, block_based=True)
+        table.set_cache_index_and_filter_blocks(True)  # their memory counts in (and is bounded by) the cache
+        options.set_block_based_table_factory(table)
         self._db = rocksdict.Rdict(str(path), options=options)
+        self._db.set_write_options(_NO_WAL)  # a throwaway database: no write-ahead log
         self._pending: dict[bytes, bytes | None] = {}
         self._cache: OrderedDict[str, UserWindow] = OrderedDict()
         self._dirty: set[str] = set()  # cached windows whose head is not stored yet

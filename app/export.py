@@ -468,12 +468,15 @@ async def run_export(
     labels_topic: str | None,
     partitions_spec: str | None,
     tmp_dir: str | None,
+    cache_users: int = 20_000,
 ) -> Tally:
     out = check_output(output)
     low, high = check_range(from_time, until_time)
     if labels_path and labels_topic:
         raise ExportError("give --labels or --labels-topic, not both")
     partitions = parse_partitions(partitions_spec, settings.topic_partitions)
+    if cache_users < 1:
+        raise ExportError(f"--cache-users {cache_users}: must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="velocity-export-", dir=tmp_dir))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.broker_url),
@@ -520,6 +523,7 @@ async def run_export(
             lateness_s=settings.allowed_lateness_s,
             chunk_rows=settings.state_chunk_rows,
             ttl_s=settings.user_ttl_s,
+            cache_size=cache_users,
         )
         writer = RowWriter(out)
         export = Export(state, writer, low, high, partitions, labels)
@@ -573,6 +577,13 @@ def _range_text(from_time: float | None, until_time: float | None) -> str:
         help="Only the users of these partitions (e.g. 0,1 or 2-3): one process per share.",
     ),
     option("--tmp-dir", type=str, default=None, help="Where the temporary RocksDB goes (default: TMPDIR)."),
+    option(
+        "--cache-users",
+        type=int,
+        default=20_000,
+        show_default=True,
+        help="Decoded windows kept in memory (more: faster on many users, more memory).",
+    ),
 )
 async def export(
     self: Any,
@@ -583,6 +594,7 @@ async def export(
     labels_topic: str | None,
     partitions: str | None,
     tmp_dir: str | None,
+    cache_users: int,
 ) -> None:
     """Write a point-in-time training set from the retained input topic (no worker needed)."""
     started = time.monotonic()
@@ -593,7 +605,15 @@ async def export(
         loop.add_signal_handler(sig, task.cancel)
     try:
         tally = await run_export(
-            self.say, output, from_time, until_time, labels_path, labels_topic, partitions, tmp_dir
+            self.say,
+            output,
+            from_time,
+            until_time,
+            labels_path,
+            labels_topic,
+            partitions,
+            tmp_dir,
+            cache_users,
         )
     except ExportError as exc:
         raise SystemExit(f"export: {exc}") from None

@@ -269,7 +269,9 @@ class PipelineMetrics:
             "freshness_p99_s": p99,
             "lag": [{"topic": t, "partition": p, "messages": n} for (t, p), n in sorted(self.lag.items())],
             "lag_total": self.total_lag(),
-            "catch_up": catch_up(self.total_lag(), self.rate_tx_s(), self.last_input_age_s, self.behind_after_s),
+            "catch_up": catch_up(
+                self.total_lag(), self.rate_tx_s(), self.last_input_age_s, self.behind_after_s
+            ),
             "partitions": self.partitions,
             "uptime_s": time.time() - self.started_at_s,
             "startup_to_ready_s": self.startup_to_ready_s,

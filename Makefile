@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick bench-scale bench-export redis
+.PHONY: setup kafka kafka-stop worker simulate demo test test-eos-repeat test-unit lint clean bench bench-quick bench-scale bench-export model redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ bench-scale: setup kafka
 ## bench-export: faust -A app export of 1M transactions to Parquet and CSV: rows/s and peak RSS (a few minutes)
 bench-export: setup kafka
 	$(BIN)/python -m bench.export
+
+## model: retrain the bundled fraud model (app/models/fraud-logreg.json): 150 s of simulated traffic
+## with its fraud labels, exported and trained through the project's own commands (about 3 minutes)
+model: setup kafka
+	@tag=$$(date +%s); mkdir -p data; \
+	export SCORING=off APP_ID=velocity-train-$$tag TRANSACTIONS_TOPIC=train-$$tag LABELS_TOPIC=train-$$tag-labels; \
+	$(BIN)/faust -A app simulate --rate 200 --duration 150 --fraud-every 400 --label-delay 5 --seed 11 && \
+	$(BIN)/faust -A app export --output data/train-$$tag.parquet --labels-topic train-$$tag-labels && \
+	$(BIN)/faust -A app train --input data/train-$$tag.parquet --output app/models/fraud-logreg.json
 
 # The seed's Redis design needs redis-server: installed with apt-get when missing, else said in one line.
 redis:

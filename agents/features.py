@@ -42,7 +42,17 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from app.faust_ext import kafka_producer
-from app.main import app, dlq_topic, features_topic, inbound_topic, rekey_topic, settings
+from app.main import (
+    app,
+    dlq_topic,
+    features_topic,
+    inbound_topic,
+    predictions_topic,
+    rekey_topic,
+    scorer,
+    settings,
+)
+from app.scoring import prediction_value
 from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
 from records.schema import DeadLetter, UserFeatures
 from records.transaction import Transaction, parse_transaction
@@ -63,6 +73,7 @@ from tables.window import UserWindow, head_key
 log = logging.getLogger(__name__)
 
 features_topic_name: str = features_topic.get_topic_name()
+predictions_topic_name: str = predictions_topic.get_topic_name()
 
 #: The hot path lets other tasks run at least this often (seconds of work).
 YIELD_EVERY_S = 0.002
@@ -258,21 +269,19 @@ class Outbox:
             await send_many(topic_name, partition, batch, self.tid)
 
 
-_features_copartitioned: bool | None = None
+_copartitioned: dict[str, bool] = {}
 
 
-def features_copartitioned(work: PartitionWork) -> bool:
-    """Whether the features topic has the input's partitions (a user's records then go to its partition)."""
-    global _features_copartitioned
-    if _features_copartitioned is None:
+def copartitioned(work: PartitionWork, topic_name: str) -> bool:
+    """Whether ``topic_name`` has the input's partitions (a user's records then go to its partition)."""
+    known_answer = _copartitioned.get(topic_name)
+    if known_answer is None:
         producer = kafka_producer(app, work.tid)
-        known = (
-            None if producer is None else producer.client.cluster.partitions_for_topic(features_topic_name)
-        )
+        known = None if producer is None else producer.client.cluster.partitions_for_topic(topic_name)
         if known is None:
             return False  # not known yet: send one by one (the producer fetches the metadata)
-        _features_copartitioned = len(known) == settings.topic_partitions
-    return _features_copartitioned
+        known_answer = _copartitioned[topic_name] = len(known) == settings.topic_partitions
+    return known_answer
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
@@ -422,10 +431,32 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
     features = UserFeatures.from_values(outcome.features)
     metrics.on_feature(features.computed_at, origin.timestamp_s)
     user_key = txn.user_id.encode("utf-8")
-    if features_copartitioned(work):
+    if copartitioned(work, features_topic_name):
         work.outbox.add(features_topic_name, work.partition, user_key, features.encode())
     else:
         await publish(work, features_topic, user_key, features.encode())
+    if scorer is not None:
+        await publish_prediction(work, outcome.features, user_key)
+
+
+async def publish_prediction(work: PartitionWork, features: dict[str, Any], user_key: bytes) -> None:
+    """SPEC 10: the record's fraud score, in the same batch (and transaction) as the record itself."""
+    assert scorer is not None
+    try:
+        score = float(scorer.score(features))
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score {score!r} is not in [0, 1]")
+    except Exception as exc:  # noqa: BLE001 - any model error: counted and logged, the record stands
+        # The feature record stands; the model's failure is counted and logged, never a dead letter.
+        app.metrics.on_scoring_failed()
+        log.warning("model %s failed on transaction %r: %r", scorer.version, features["transaction_id"], exc)
+        return
+    value = orjson.dumps(prediction_value(features, score, scorer.version, time.time()))
+    if copartitioned(work, predictions_topic_name):
+        work.outbox.add(predictions_topic_name, work.partition, user_key, value)
+    else:
+        await publish(work, predictions_topic, user_key, value)
+    app.metrics.on_prediction()
 
 
 class FeatureBatches:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.main import app
+from app.main import app, scorer
 from app.metrics import merge_snapshots
 from app.readiness import is_ready
 
@@ -33,7 +33,12 @@ def worker_urls() -> list[str]:
 
 async def local_stats() -> dict[str, Any]:
     snapshot = app.metrics.snapshot()
-    snapshot.update(worker=str(app.conf.canonical_url).rstrip("/"), ready=is_ready(), computed_at=time.time())
+    snapshot.update(
+        worker=str(app.conf.canonical_url).rstrip("/"),
+        ready=is_ready(),
+        computed_at=time.time(),
+        model_version=None if scorer is None else scorer.version,
+    )
     return snapshot
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
+from collections import deque
 from typing import Any
 
 import aiohttp
@@ -15,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.cli import option
 
-from app.kafka_admin import bootstrap_servers, ensure_topics
+from app.kafka_admin import TopicSpec, bootstrap_servers, ensure_topics
 from app.main import app, settings, topic_specs
 from app.simulator import TrafficConfig, TrafficModel
 
@@ -60,6 +62,13 @@ TICK_S = 0.05
     option(
         "--progress-every", type=float, default=5.0, show_default=True, help="Seconds between progress lines."
     ),
+    option(
+        "--label-delay",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Seconds after a fraud transaction that its label (1) goes to LABELS_TOPIC (<0: no labels).",
+    ),
 )
 async def simulate(
     self: Any,
@@ -72,11 +81,17 @@ async def simulate(
     out_of_order: float,
     seed: int,
     progress_every: float,
+    label_delay: float,
 ) -> None:
     """Produce realistic synthetic transactions to the input topic."""
     if rate <= 0:
         raise SystemExit("simulate: --rate must be > 0")
-    await ensure_topics(settings.broker_url, topic_specs(settings))
+    specs = topic_specs(settings)
+    if label_delay >= 0:
+        specs.append(TopicSpec(settings.labels_topic, settings.topic_partitions, must_match=False))
+    await ensure_topics(settings.broker_url, specs)
+    labels: deque[tuple[float, str, str]] = deque()  # (due, transaction id, user id), due in order
+    labelled = 0
     model = TrafficModel(
         TrafficConfig(
             users=users,
@@ -111,6 +126,10 @@ async def simulate(
                         key=tx["user_id"].encode("utf-8"),
                     )
                     sent += 1
+            if label_delay >= 0:
+                due_at = time.monotonic() + label_delay
+                labels.extend((due_at, tid, user) for tid, user in model.take_fraud())
+                labelled += await send_labels(producer, labels, time.monotonic())
             now = time.monotonic()
             if now - last_report >= progress_every:
                 self.say(
@@ -119,6 +138,7 @@ async def simulate(
                 )
                 last_report, sent_at_report = now, sent
             await asyncio.sleep(TICK_S)
+        labelled += await send_labels(producer, labels, math.inf)  # the run is over: the rest now
         await producer.flush()
     finally:
         await producer.stop()
@@ -126,7 +146,19 @@ async def simulate(
     self.say(
         f"simulate: done, {sent} transactions in {total:.1f}s ({sent / total:.0f} tx/s), "
         f"{model.bursts} fraud bursts"
+        + (f", {labelled} fraud labels to {settings.labels_topic!r}" if label_delay >= 0 else "")
     )
+
+
+async def send_labels(producer: AIOKafkaProducer, labels: deque[tuple[float, str, str]], until: float) -> int:
+    """Send the labels due by ``until`` (SPEC 10: ``{transaction_id, label, labeled_at}``, keyed by user)."""
+    sent = 0
+    while labels and labels[0][0] <= until:
+        _, tid, user = labels.popleft()
+        label = {"transaction_id": tid, "label": 1, "labeled_at": time.time()}
+        await producer.send(settings.labels_topic, value=orjson.dumps(label), key=user.encode("utf-8"))
+        sent += 1
+    return sent
 
 
 def lag_table(rows: list[tuple[str, int, int | None, int]]) -> tuple[list[str], int]:

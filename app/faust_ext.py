@@ -389,6 +389,18 @@ _stopping: set[asyncio.Future[None]] = set()
 
 
 class Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> Mapping[str, Any]:
+        """Every producer idempotent with ``acks=all``, not only the transactional ones.
+
+        Faust enables idempotence under exactly_once only. Under at_least_once
+        a retried send could then write a record twice or reorder a
+        partition's records (features, predictions, changelog); with the
+        idempotent producer the broker drops the retry's copy and keeps the
+        order, so the only duplicates left are those of a message processed
+        again after a crash, which carry their ``transaction_id``.
+        """
+        return {"acks": "all", "enable_idempotence": True}
+
     async def commit_transactions(
         self,
         tid_to_offset_map: Mapping[str, Mapping[TP, int]],

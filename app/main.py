@@ -18,6 +18,7 @@ from typing import Any
 from app.faust_ext import ExtendedApp, FaustVersionError
 from app.kafka_admin import TopicSpec, ensure_topics
 from app.metrics import PipelineMetrics
+from app.scoring import ModelError, Scorer, load_scorer
 from app.settings import Settings, load_settings
 from app.web_errors import json_errors
 from records.errors import SettingsError, TopicMismatchError
@@ -77,6 +78,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.features_topic, s.topic_partitions, must_match=False),
         TopicSpec(s.dlq_topic, s.topic_partitions, must_match=False),
         TopicSpec(s.health_topic, 1, must_match=False),
+        *([TopicSpec(s.predictions_topic, s.topic_partitions, must_match=False)] if s.scoring else []),
     ]
 
 
@@ -92,7 +94,15 @@ def build_app(settings: Settings) -> VelocityApp:
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
-        autodiscover=["agents", "app.web", "app.timers", "app.commands", "app.export", "app.dlq"],
+        autodiscover=[
+            "agents",
+            "app.web",
+            "app.timers",
+            "app.commands",
+            "app.export",
+            "app.dlq",
+            "app.train",
+        ],
         # Our own pages live at / and /stats; Faust's table browser would expose raw state.
         web_stats_enabled=False,
         web_tables_enabled=False,
@@ -119,8 +129,10 @@ def build_app(settings: Settings) -> VelocityApp:
 
 try:
     settings: Settings = load_settings()
+    #: The fraud model (SPEC 10): scores every feature record on the hot path; None with SCORING=off.
+    scorer: Scorer | None = load_scorer(settings.model) if settings.scoring else None
     app = build_app(settings)
-except (SettingsError, FaustVersionError) as exc:  # one clear line, no traceback
+except (SettingsError, FaustVersionError, ModelError) as exc:  # one clear line, no traceback
     raise SystemExit(f"velocity: cannot start: {exc}") from None
 
 
@@ -146,3 +158,4 @@ rekey_topic = app.topic(settings.rekey_topic, partitions=settings.topic_partitio
 features_topic = app.topic(settings.features_topic, **_raw)
 dlq_topic = app.topic(settings.dlq_topic, **_raw)
 health_topic = app.topic(settings.health_topic, **_raw)
+predictions_topic = app.topic(settings.predictions_topic, **_raw)

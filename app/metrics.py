@@ -92,6 +92,14 @@ class PipelineMetrics:
         for error_type in ERROR_TYPES:
             self._dead.labels(error_type=error_type)
         self.processed_total = 0
+        self.predictions_total = 0
+        self.scoring_failures_total = 0
+        self._predictions = Counter(
+            "velocity_predictions", "Fraud scores published to the predictions topic", registry=r
+        )
+        self._scoring_failures = Counter(
+            "velocity_scoring_failures", "Feature records the model failed to score", registry=r
+        )
         self.duplicates_total = 0
         self.users_expired_total = 0
         self.last_sweep: dict[str, float] | None = None
@@ -131,6 +139,14 @@ class PipelineMetrics:
     def on_processed(self) -> None:
         self.processed_total += 1
         self._processed.inc()
+
+    def on_prediction(self) -> None:
+        self.predictions_total += 1
+        self._predictions.inc()
+
+    def on_scoring_failed(self) -> None:
+        self.scoring_failures_total += 1
+        self._scoring_failures.inc()
 
     def on_duplicate(self) -> None:
         self.duplicates_total += 1
@@ -259,6 +275,8 @@ class PipelineMetrics:
         return {
             "processed_total": self.processed_total,
             "duplicates_total": self.duplicates_total,
+            "predictions_total": self.predictions_total,
+            "scoring_failures_total": self.scoring_failures_total,
             "users_expired_total": self.users_expired_total,
             "last_expiry_sweep": self.last_sweep,
             "dead_letters": dict(self.dead_letters),
@@ -311,6 +329,9 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "workers_answering": len(alive),
         "processed_total": sum(w["processed_total"] for w in alive),
         "duplicates_total": sum(w["duplicates_total"] for w in alive),
+        "predictions_total": sum(w.get("predictions_total", 0) for w in alive),
+        "scoring_failures_total": sum(w.get("scoring_failures_total", 0) for w in alive),
+        "model_versions": sorted({w["model_version"] for w in alive if w.get("model_version")}),
         "users_expired_total": sum(w.get("users_expired_total", 0) for w in alive),
         "dead_letters": dead_letters,
         "dead_letters_total": sum(dead_letters.values()),

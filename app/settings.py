@@ -56,11 +56,23 @@ class Settings:
     lag_warn_messages: int
     freshness_warn_s: float
     health_topic: str
+    # The fraud loop (SPEC 10).
+    scoring: bool
+    model: str
+    predictions_topic: str
+    labels_topic: str
 
     @property
     def rekey_topic(self) -> str:
         """Internal hop for messages whose key or partition is not the user's."""
         return f"{self.app_id}-{self.transactions_topic}-rekeyed"
+
+
+def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "on" if default else "off").strip().lower()
+    if value not in ("on", "off"):
+        raise SettingsError(f"{name}={value!r} must be on or off")
+    return value == "on"
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -183,4 +195,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lag_warn_messages=_int(env, "LAG_WARN_MESSAGES", 1000, 0),
         freshness_warn_s=_seconds(env, "FRESHNESS_WARN_S", 5),
         health_topic=_kafka_name(env, "HEALTH_TOPIC", "monitoring.pipeline-health", MAX_TOPIC_CHARS),
+        scoring=_on_off(env, "SCORING", True),
+        model=_text(env, "MODEL", "bundled"),
+        predictions_topic=_kafka_name(env, "PREDICTIONS_TOPIC", "predictions.fraud", MAX_TOPIC_CHARS),
+        labels_topic=_kafka_name(env, "LABELS_TOPIC", "labels.fraud-feedback", MAX_TOPIC_CHARS),
     )

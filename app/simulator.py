@@ -63,6 +63,8 @@ class TrafficModel:
         self._favourites: dict[str, list[str]] = {}
         self._seq = itertools.count()
         self.bursts = 0
+        #: (transaction id, user id) of burst transactions not yet taken by :meth:`take_fraud`.
+        self.fraud: list[tuple[str, str]] = []
 
     def _favourite_categories(self, user_id: str) -> list[str]:
         fav = self._favourites.get(user_id)
@@ -110,7 +112,13 @@ class TrafficModel:
             ts = now_s - span + span * (i + 1) / cfg.fraud_burst_size
             category = self.rng.choice(["electronics", "online_retail", "travel"])
             out.append(self._one(user_id, now_s, category, amount_scale=1.0 + i / 5.0, ts_s=ts))
+        self.fraud.extend((tx["transaction_id"], user_id) for tx in out)
         return out
+
+    def take_fraud(self) -> list[tuple[str, str]]:
+        """The (transaction id, user id) of the fraud generated since the last call: the labels to come."""
+        fraud, self.fraud = self.fraud, []
+        return fraud
 
     def take(self, n: int, now_s: float) -> Iterator[dict[str, Any]]:
         """``n`` regular transactions (and any bursts that fall due), stamped ~``now_s``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -44,6 +45,40 @@ def _error(view: View, status: int, message: str, retry: bool = False) -> Respon
     return view.json({"error": message}, status=status, headers=headers)
 
 
+def _at_when_ready(view: View, request: Request) -> tuple[float | None, Response | None]:
+    """``?at=`` of a lookup, and the answer to give instead when there is none: 400 (bad ``at``), 503."""
+    try:
+        at_s = parse_at(request.query.get("at"))
+    except ValueError as exc:
+        return None, _error(view, 400, str(exc))
+    if not is_ready():
+        return None, _error(view, 503, "worker is rebalancing or restoring its tables", retry=True)
+    return at_s, None
+
+
+def is_self(owner: Any) -> bool:
+    return bool(owner.host == app.conf.canonical_url.host and owner.port == app.conf.canonical_url.port)
+
+
+def lookup_here(user_id: str, at_s: float | None) -> tuple[int, dict[str, Any]]:
+    """SPEC 7 for a user this worker owns: (200, the FeaturesLookup) or (status, {"error": ...})."""
+    try:
+        window = windows.load(user_id)
+    except StateCorruptError as exc:
+        log.error("state of user %r is corrupt: %s", user_id, exc)
+        return 500, {"error": "stored state of this user cannot be read"}
+    if window is None or is_expired_in_table(window):
+        return 404, {"error": f"no state for user {user_id!r}"}
+    floor = window.lateness_floor_s()
+    if at_s is not None and floor is not None and at_s < floor:
+        return 400, {
+            "error": f"at={at_s!r} is earlier than the user's latest timestamp minus ALLOWED_LATENESS_S "
+            f"({floor!r}); windows older than that are no longer exact"
+        }
+    values: dict[str, Any] = window.lookup(at_s, time.time())  # exactly FeaturesLookup's fields (test_schema)
+    return 200, values
+
+
 @app.page("/features/{user_id}")
 class FeaturesView(View):
     """``GET /features/{user_id}[?at=epoch_s]``: answered by the worker owning the user."""
@@ -56,38 +91,22 @@ class FeaturesView(View):
             return _error(self, 500, "internal error; see the worker log")
 
     async def _get(self, request: Request, user_id: str) -> Response:
-        try:
-            at_s = parse_at(request.query.get("at"))
-        except ValueError as exc:
-            return _error(self, 400, str(exc))
-        if not is_ready():
-            return _error(self, 503, "worker is rebalancing or restoring its tables", retry=True)
+        at_s, refused = _at_when_ready(self, request)
+        if refused is not None:
+            return refused
         try:
             owner = app.router.key_store(user_state.name, user_id)
         except KeyError:
             return _error(self, 503, "no worker owns this user yet", retry=True)
-        if owner.host != app.conf.canonical_url.host or owner.port != app.conf.canonical_url.port:
+        if not is_self(owner):
             if request.headers.get(ROUTED_HEADER):
                 # The sender thinks we own the user and we disagree: assignments are moving.
                 return _error(self, 503, "ownership is moving between workers", retry=True)
             return await self._proxy(request, owner)
-        try:
-            window = windows.load(user_id)
-        except StateCorruptError as exc:
-            log.error("state of user %r is corrupt: %s", user_id, exc)
-            return _error(self, 500, "stored state of this user cannot be read")
-        if window is None or is_expired_in_table(window):
-            return _error(self, 404, f"no state for user {user_id!r}")
-        floor = window.lateness_floor_s()
-        if at_s is not None and floor is not None and at_s < floor:
-            return _error(
-                self,
-                400,
-                f"at={at_s!r} is earlier than the user's latest timestamp minus ALLOWED_LATENESS_S "
-                f"({floor!r}); windows older than that are no longer exact",
-            )
-        body = FeaturesLookup.from_values(window.lookup(at_s, time.time())).encode()
-        return self.bytes(body, content_type="application/json")
+        status, body = lookup_here(user_id, at_s)
+        if status != 200:
+            return _error(self, status, body["error"])
+        return self.bytes(FeaturesLookup.from_values(body).encode(), content_type="application/json")
 
     async def _proxy(self, request: Request, owner: Any) -> Response:
         url = request.url.with_host(owner.host).with_port(owner.port)
@@ -107,6 +126,88 @@ class FeaturesView(View):
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("owner %s of a lookup did not answer: %s", owner, exc)
             return _error(self, 503, "the worker owning this user did not answer", retry=True)
+
+
+#: Users in one batched lookup, at most (the request line is limited to 8 KiB by aiohttp anyway:
+#: about 400 ids of 12 characters).
+MAX_BATCH_USERS = 500
+
+
+def _item(user_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    if status == 200:
+        return {"user_id": user_id, "status": 200, "features": body}
+    return {"user_id": user_id, "status": status, "error": body["error"]}
+
+
+@app.page("/features")
+class FeaturesBatchView(View):
+    """``GET /features?user_id=a&user_id=b[&at=epoch_s]``: many users in one request.
+
+    The answer is ``{"results": [...]}`` in the order asked, one item per
+    user id: ``{"user_id", "status": 200, "features": {...}}`` or
+    ``{"user_id", "status": 404|400|503|500, "error": "..."}`` (the status the
+    single lookup would have had). Users are grouped by owner: this worker
+    answers its own, and each other owner gets one request for its share,
+    all at once (``asyncio.gather``), so the batch takes about as long as the
+    slowest owner, not the sum.
+    """
+
+    async def get(self, request: Request) -> Response:
+        try:
+            return await self._get(request)
+        except Exception:
+            log.exception("batched lookup failed")
+            return _error(self, 500, "internal error; see the worker log")
+
+    async def _get(self, request: Request) -> Response:
+        users = request.url.query.getall("user_id", [])
+        if not users:
+            return _error(self, 400, "give one or more user_id query parameters")
+        if len(users) > MAX_BATCH_USERS:
+            return _error(self, 400, f"at most {MAX_BATCH_USERS} user_id per request, got {len(users)}")
+        at_s, refused = _at_when_ready(self, request)
+        if refused is not None:
+            return refused
+        routed = bool(request.headers.get(ROUTED_HEADER))
+        answers: dict[str, dict[str, Any]] = {}
+        remote: dict[tuple[str, int], list[str]] = {}
+        for user_id in dict.fromkeys(users):  # each distinct user once
+            try:
+                owner = app.router.key_store(user_state.name, user_id)
+            except KeyError:
+                answers[user_id] = _item(user_id, 503, {"error": "no worker owns this user yet"})
+                continue
+            if is_self(owner):
+                answers[user_id] = _item(user_id, *lookup_here(user_id, at_s))
+            elif routed:
+                answers[user_id] = _item(user_id, 503, {"error": "ownership is moving between workers"})
+            else:
+                remote.setdefault((str(owner.host), int(owner.port or 0)), []).append(user_id)
+        shares = await asyncio.gather(*(self._ask(request, where, share) for where, share in remote.items()))
+        for share in shares:
+            answers.update(share)
+        body = {"results": [answers[user_id] for user_id in users]}
+        return self.bytes(orjson.dumps(body), content_type="application/json")
+
+    async def _ask(self, request: Request, where: tuple[str, int], users: list[str]) -> dict[str, Any]:
+        """One owner's share of the batch, from that owner."""
+        query: list[tuple[str, str]] = [("user_id", u) for u in users]
+        if "at" in request.query:
+            query.append(("at", request.query["at"]))
+        url = request.url.with_host(where[0]).with_port(where[1]).with_query(query)
+        try:
+            async with app.http_client.get(
+                url, headers={ROUTED_HEADER: "1"}, timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)
+            ) as response:
+                body = await response.json(loads=orjson.loads)
+                if response.status == 200:
+                    return {item["user_id"]: item for item in body["results"]}
+                error = {"error": str(body.get("error", f"owner answered {response.status}"))}
+                status = response.status if response.status in (400, 503) else 503
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            log.warning("owner %s:%s of a batched lookup did not answer: %s", *where, exc)
+            error, status = {"error": "the worker owning this user did not answer"}, 503
+        return {u: _item(u, status, error) for u in users}
 
 
 @app.page("/health")

@@ -4,7 +4,8 @@
         --duration S --warmup S --out FILE
     python -m bench.probe delivery --topic T --duration S --warmup S --out FILE
 
-``lookups`` times ``GET /features/{user}`` at ``--rps`` and, at ``--floor-rps``,
+``lookups`` times ``GET /features/{user}`` at ``--rps``, batched lookups of
+``--batch-size`` users (``GET /features?user_id=...``) at ``--batch-rps``, and, at ``--floor-rps``,
 ``GET /health`` on the same worker: an answer that does no work, the floor any
 lookup pays on this machine (HTTP, the event loop, the scheduler).
 ``delivery`` is a plain aiokafka consumer of the input topic that records, for
@@ -25,6 +26,7 @@ import random
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
@@ -51,9 +53,23 @@ async def paced(rate: float, duration_s: float, each: Any) -> None:
 
 
 async def lookups(
-    url: str, users: list[str], rps: float, floor_rps: float, duration_s: float, warmup_s: float
+    url: str,
+    users: list[str],
+    rps: float,
+    floor_rps: float,
+    duration_s: float,
+    warmup_s: float,
+    batch_rps: float = 0.0,
+    batch_size: int = 50,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"lookup_ms": [], "floor_ms": [], "lookup_status": {}, "floor_status": {}}
+    out: dict[str, Any] = {
+        "lookup_ms": [],
+        "floor_ms": [],
+        "batch_ms": [],
+        "lookup_status": {},
+        "floor_status": {},
+        "batch_status": {},
+    }
     t_warm = time.monotonic() + warmup_s
     rng = random.Random(5)
     pending: set[asyncio.Task[None]] = set()
@@ -81,9 +97,15 @@ async def lookups(
         async def floor(_: int) -> None:
             ask("/health", "floor")
 
+        async def batch(_: int) -> None:
+            chosen = rng.sample(users, min(batch_size, len(users)))
+            ask("/features?" + "&".join(f"user_id={quote(u, safe='')}" for u in chosen), "batch")
+
         runs = [paced(rps, duration_s, feature)]
         if floor_rps > 0:
             runs.append(paced(floor_rps, duration_s, floor))
+        if batch_rps > 0:
+            runs.append(paced(batch_rps, duration_s, batch))
         await asyncio.gather(*runs)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -131,6 +153,10 @@ def main() -> None:
     lk.add_argument("--users", type=Path, required=True, help="file with one user id per line")
     lk.add_argument("--rps", type=float, required=True)
     lk.add_argument("--floor-rps", type=float, default=0.0)
+    lk.add_argument(
+        "--batch-rps", type=float, default=0.0, help="batched lookups (GET /features?user_id=...)"
+    )
+    lk.add_argument("--batch-size", type=int, default=50)
     dl = sub.add_parser("delivery")
     dl.add_argument("--topic", required=True)
     dl.add_argument("--ready", type=Path, help="file written once the consumer sits at the topic's end")
@@ -141,7 +167,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.role == "lookups":
         users = args.users.read_text().split()
-        result = asyncio.run(lookups(args.url, users, args.rps, args.floor_rps, args.duration, args.warmup))
+        result = asyncio.run(
+            lookups(
+                args.url,
+                users,
+                args.rps,
+                args.floor_rps,
+                args.duration,
+                args.warmup,
+                args.batch_rps,
+                args.batch_size,
+            )
+        )
     else:
         result = asyncio.run(delivery(args.topic, args.duration, args.warmup, args.ready))
     args.out.write_text(json.dumps(result))

@@ -96,6 +96,7 @@ SCENARIOS = {
     "recovery": "cold and warm restart of that worker: records restored, records/s, seconds to /ready",
     "heavy": "catch-up with one heavy user mixed in, over the uniform rate",
     "exactly_once": "catch-up under PROCESSING_GUARANTEE=exactly_once",
+    "scoring_off": "catch-up with SCORING=off (the velocity scenario scores every record)",
     "two_workers": "catch-up by two workers of one app (same stream), over one worker's",
     "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
     "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
@@ -110,7 +111,7 @@ SCENARIOS = {
 # rolling_restart starts two more workers and restarts them (about a minute at any size), which
 # would not fit bench-quick's 5 minutes.
 ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
-NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "two_workers"}
+NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "scoring_off", "two_workers"}
 NEEDS_STREAM = set(SCENARIOS) - {"rolling_restart", "rocksdb_bindings"}
 Membership = Literal["dynamic", "static"]
 
@@ -266,10 +267,12 @@ class Run:
         expected: int,
         guarantee: Guarantee,
         port: int | None = None,
+        **extra_env: str,
     ) -> tuple[Proc, float | None]:
         """One Velocity worker (new app id, empty data dir) catching up on ``input_topic``; left running."""
         port = free_port() if port is None else port
         env = harness.velocity_env(app_id, input_topic, output, self.work / name, port, guarantee)
+        env.update(extra_env)
         proc = self.start(name, VELOCITY_WORKER, env)
         return proc, self.measure(name, proc, output, expected)
 
@@ -397,6 +400,13 @@ class Run:
             "lookups_timed": len(res.lookup_ms),
             "lookup_status": {str(k): v for k, v in res.lookup_status.items()},
             "lookup_max_ms": max(res.lookup_ms, default=None),
+            # GET /features?user_id=... with 50 users (5 a second), answered by their owners.
+            "batch50_ms": {
+                "p50": q(res.batch_ms, 0.5),
+                "p99": q(res.batch_ms, 0.99),
+                "timed": len(res.batch_ms),
+            },
+            "batch50_status": {str(k): v for k, v in res.batch_status.items()},
         }
         self.log(f"{name}: {self.details[name]}")
         if res.missing_records:
@@ -489,6 +499,22 @@ class Run:
             "velocity_exactly_once: the output's end offsets include transaction markers, "
             "so its rate is slightly high"
         )
+
+    def scoring_off(self) -> None:
+        """Velocity's catch-up with SCORING=off, on the same stream: what scoring costs the hot path."""
+        proc, rate = self.catchup_worker(
+            "velocity_scoring_off",
+            f"bench-noscore-{self.tag}",
+            self.input,
+            f"bench-out-noscore-{self.tag}",
+            len(self.stream),
+            "at_least_once",
+            SCORING="off",
+        )
+        proc.stop()
+        scored = self.throughput["velocity"]
+        if rate and scored:
+            self.details["velocity_scoring_off"]["scoring_on_vs_off"] = scored / rate
 
     def two_workers(self) -> None:
         """Two workers of one new app id catch up on the same stream, started together."""
@@ -637,6 +663,7 @@ class Run:
             "recovery": lambda: out.update(self.recovery()),
             "heavy": lambda: out.update(heavy_user_ratio=self.heavy()),
             "exactly_once": self.exactly_once,
+            "scoring_off": self.scoring_off,
             "two_workers": self.two_workers,
             "catchup": self.catchup,
             "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
@@ -692,6 +719,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     f, lk = result["freshness_ms"], result["lookup_ms"]
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
+    noscore = details.get("velocity_scoring_off", {})
     two = details.get("two_workers", {})
     warm = details.get("recovery", {}).get("warm") or {}
     replayed = (warm.get("last_recovery") or {}).get("records", 0) if warm else None
@@ -704,6 +732,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     half_lk = details.get("steady_half_rate", {}).get("lookup_ms", {})
     floor_kafka = details.get("steady", {}).get("delivery_floor_ms", {})
     floor_http = details.get("steady", {}).get("http_floor_ms", {})
+    batch50 = details.get("steady", {}).get("batch50_ms", {})
     rows = [  # (scenario, row)
         (
             "steady",
@@ -714,6 +743,11 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "steady",
             f"| lookup at {lk['rps']:,.0f} req/s under ingest, p50 / p99 | "
             f"{fmt(lk['p50'], ' ms')} / {fmt(lk['p99'], ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| batched lookup of 50 users (5 req/s) under ingest, p50 / p99 | "
+            f"{fmt(batch50.get('p50'), ' ms')} / {fmt(batch50.get('p99'), ' ms')} |",
         ),
         (
             "steady",
@@ -748,6 +782,11 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "exactly_once",
             f"| Velocity exactly-once catch-up | {fmt_int(eos.get('tx_s'), ' tx/s')} "
             f"({fmt_ratio(eos.get('vs_at_least_once'))} of at-least-once) |",
+        ),
+        (
+            "scoring_off",
+            f"| Velocity catch-up with SCORING=off | {fmt_int(noscore.get('tx_s'), ' tx/s')} "
+            f"(scoring on runs at {fmt_ratio(noscore.get('scoring_on_vs_off'))} of it) |",
         ),
         (
             "two_workers",

@@ -35,6 +35,9 @@ class SteadyResult:
     fresh_ms: list[float] = field(default_factory=list)
     lookup_ms: list[float] = field(default_factory=list)
     lookup_status: dict[str, int] = field(default_factory=dict)
+    #: Batched lookups of BATCH_SIZE users (GET /features?user_id=...), at batch_rps.
+    batch_ms: list[float] = field(default_factory=list)
+    batch_status: dict[str, int] = field(default_factory=dict)
     missing_records: int = 0
     #: GET /health on the same worker at the same time: the floor of any lookup.
     http_floor_ms: list[float] = field(default_factory=list)
@@ -69,6 +72,7 @@ async def run_steady(
     warmup_s: float,
     work: Path,
     floor_rps: float = 50.0,
+    batch_rps: float = 5.0,
 ) -> SteadyResult:
     result = SteadyResult(rate)
     sent_at: dict[str, float] = {}  # transaction_id -> Kafka timestamp (s)
@@ -147,6 +151,8 @@ async def run_steady(
                     str(rps),
                     "--floor-rps",
                     str(floor_rps),
+                    "--batch-rps",
+                    str(batch_rps),
                     "--duration",
                     str(duration_s),
                     "--warmup",
@@ -175,6 +181,7 @@ async def run_steady(
         lk = json.loads(lookups_out.read_text())
         result.lookup_ms, result.lookup_status = lk["lookup_ms"], lk["lookup_status"]
         result.http_floor_ms = lk["floor_ms"]
+        result.batch_ms, result.batch_status = lk["batch_ms"], lk["batch_status"]
     if delivery_out.exists():
         result.delivery_floor_ms = json.loads(delivery_out.read_text())["delivery_ms"]
     return result

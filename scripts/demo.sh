@@ -38,7 +38,8 @@ demo: worker ready. Look at:
   http://localhost:$port/features/heavy-00        features of a heavy user (try user-000001, ...)
   http://localhost:$port/features/heavy-00?at=\$(date +%s)   the same "as of now"
   http://localhost:$port/ready  /health
-  output topics: ml-features (features), transactions-dlq (dead letters)
+  output topics: ml-features (features), predictions.fraud (a fraud score per record),
+                 labels.fraud-feedback (the simulator's fraud labels), transactions-dlq (dead letters)
 MSG
 "$bin/faust" -A app simulate --duration 120 "$@"
 echo "demo: traffic done; latest features of heavy-00:"

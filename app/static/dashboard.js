@@ -82,6 +82,10 @@
       $("k-users").textContent = fmtInt(c.users);
       $("k-expired").textContent = "active partitions; " + fmtInt(c.users_expired_total || 0) + " expired";
       $("k-dlq").textContent = fmtInt(c.dead_letters_total);
+      $("k-pred").textContent = fmtInt(c.predictions_total);
+      $("k-model").textContent = (c.model_versions && c.model_versions.length ? "model " + c.model_versions.join(", ") : "scoring off")
+        + (c.scoring_failures_total ? "; " + fmtInt(c.scoring_failures_total) + " failed" : "");
+      $("k-pred").parentElement.classList.toggle("warn", !!c.scoring_failures_total);
       const label = (l) => (l.topic.endsWith("-rekeyed") ? "re-key hop" : l.topic) + " [" + l.partition + "]";
       bars($("lag"), c.lag.filter((l) => !l.topic.endsWith("-rekeyed") || l.messages > 0).map((l) => [label(l), l.messages]));
       bars($("dlq"), Object.entries(c.dead_letters), "bad");

@@ -14,7 +14,8 @@ import pytest
 
 from agents import features
 from app.faust_ext import BatchHandler, Consumer
-from app.main import app, dlq_topic, features_topic, rekey_topic
+from app.main import app, dlq_topic, features_topic, predictions_topic, rekey_topic
+from app.scoring import Scorer
 from tables.expiry import stream_time_key
 from tables.user_state import changelog_topic_name, stream_times, sweeper, user_state, windows
 
@@ -37,6 +38,7 @@ class Sent:
             dlq_topic.get_topic_name(): "dlq",
             rekey_topic.get_topic_name(): "rekey",
             changelog_topic_name(): "changelog",
+            predictions_topic.get_topic_name(): "predictions",
         }
 
     async def send(
@@ -68,7 +70,7 @@ async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     with (
         patch.object(features, "send", sent.send),
         patch.object(features, "send_many", sent.send_many),
-        patch.object(features, "features_copartitioned", lambda work: True),
+        patch.object(features, "copartitioned", lambda work, topic_name: True),
     ):
         async with features.compute_features.test_context() as wrapped:
             yield wrapped, sent
@@ -85,6 +87,38 @@ async def test_accepted_transaction_publishes_its_features(agent: tuple[Any, Sen
     assert records[1]["total_amount_24h"] == 40.0
     assert records[1]["seconds_since_last_tx"] == 300.0
     assert "dlq" not in sent.by_topic
+
+
+async def test_every_feature_record_gets_a_prediction_after_it(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    with patch.object(features, "scorer", Scorer("count-v1", lambda f: min(1.0, f["tx_count_1h"] / 4))):
+        await wrapped.put(tx("t1"), key=b"alice", partition=0)
+        await wrapped.put(tx("t2", ts=NOW - 10), key=b"alice", partition=0)
+        await wrapped.put(tx("t1"), key=b"alice", partition=0)  # a duplicate: its record again, scored again
+    records = [v for _, v, _ in sent.by_topic["features"]]
+    predictions = sent.by_topic["predictions"]
+    assert [(k, p["transaction_id"], p["features_at"]) for k, p, _ in predictions] == [
+        (b"alice", r["transaction_id"], r["computed_at"]) for r in records
+    ]
+    assert [p["score"] for _, p, _ in predictions] == [min(1.0, r["tx_count_1h"] / 4) for r in records]
+    assert len(records) == 3 and records[1]["tx_count_1h"] == 2
+    assert {p["model_version"] for _, p, _ in predictions} == {"count-v1"}
+    assert all(p["scored_at"] >= p["features_at"] for _, p, _ in predictions)
+
+
+async def test_a_failing_model_costs_the_prediction_not_the_record(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    failures = app.metrics.scoring_failures_total
+
+    def broken(features: Any) -> float:
+        raise RuntimeError("model server gone")
+
+    for scorer in (Scorer("broken", broken), Scorer("out-of-range", lambda f: 1.5)):
+        with patch.object(features, "scorer", scorer):
+            await wrapped.put(tx(f"t-{scorer.version}"), key=b"alice", partition=0)
+    assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["t-broken", "t-out-of-range"]
+    assert "predictions" not in sent.by_topic and "dlq" not in sent.by_topic
+    assert app.metrics.scoring_failures_total == failures + 2
 
 
 async def test_invalid_message_becomes_a_dead_letter_and_the_stream_goes_on(agent: tuple[Any, Sent]) -> None:

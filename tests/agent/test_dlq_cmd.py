@@ -39,6 +39,7 @@ from records.errors import RejectedMessage
 from records.schema import DeadLetter
 from records.transaction import Transaction, decode_json_object, parse_transaction
 from tables.window import UserWindow
+from tests.integration.streams import changed
 
 NOW = time.time()
 GOOD: dict[str, Any] = {
@@ -58,13 +59,7 @@ def rejection(raw: bytes | None) -> tuple[str, str]:
 
 
 def variant(**changes: Any) -> bytes:
-    body = dict(GOOD)
-    for k, v in changes.items():
-        if v is ...:
-            body.pop(k)
-        else:
-            body[k] = v
-    return orjson.dumps(body)
+    return changed(GOOD, **changes)
 
 
 def late_message() -> str:

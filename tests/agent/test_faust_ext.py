@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
 import pytest
@@ -57,6 +57,14 @@ def test_the_app_is_built_from_the_extended_classes() -> None:
     assert faust_aiokafka.Consumer.force_commit is not Consumer.force_commit
     assert faust_aiokafka.AIOKafkaConsumerThread._highwaters is not ConsumerThread._highwaters
     assert FaustRecovery._build_offsets is not Recovery._build_offsets
+
+
+def test_every_producer_is_idempotent_with_acks_all() -> None:
+    """Faust enables idempotence only in a transaction; predictions and features need it always."""
+    assert faust_aiokafka.Producer(app.transport)._settings_extra() == {}
+    ours = cast(faust_ext.Producer, app.producer)._settings_extra()
+    assert ours == {"acks": "all", "enable_idempotence": True}
+    assert settings.processing_guarantee == "at_least_once"  # the case Faust leaves out
 
 
 async def test_a_commit_waits_for_the_message_being_processed() -> None:

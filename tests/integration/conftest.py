@@ -97,6 +97,11 @@ class Topics:
     dlq: str
     partitions: int
 
+    @property
+    def predictions(self) -> str:
+        """The test's own predictions topic (the worker creates it)."""
+        return self.transactions.replace("tx-", "predictions-", 1)
+
 
 @dataclass
 class Worker:
@@ -182,7 +187,7 @@ def kafka() -> str:
 def topics(kafka: str) -> Topics:
     tag = uuid.uuid4().hex[:10]
     t = Topics(f"tx-{tag}", f"features-{tag}", f"dlq-{tag}", partitions=4)
-    asyncio.run(create_topics([t.transactions, t.features, t.dlq], t.partitions))
+    asyncio.run(create_topics([t.transactions, t.features, t.dlq, t.predictions], t.partitions))
     return t
 
 
@@ -219,6 +224,7 @@ def spawn(
             TRANSACTIONS_TOPIC=topics.transactions,
             FEATURES_TOPIC=topics.features,
             DLQ_TOPIC=topics.dlq,
+            PREDICTIONS_TOPIC=topics.predictions,
             PYTHONUNBUFFERED="1",
         )
         env.update(overrides)

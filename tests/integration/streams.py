@@ -126,6 +126,17 @@ def random_user(
     stream.add_tx(user, path, partitions, f"{user}-last", ts + 1.0, 1.0, "m0")
 
 
+def changed(base: dict[str, Any], **changes: Any) -> bytes:
+    """``base`` as JSON with ``changes`` applied (``...`` removes the field)."""
+    body = dict(base)
+    for k, v in changes.items():
+        if v is ...:
+            body.pop(k)
+        else:
+            body[k] = v
+    return orjson.dumps(body)
+
+
 def invalid_messages(stream: Stream, partitions: int, now: float) -> None:
     good = {
         "transaction_id": "x",
@@ -136,13 +147,7 @@ def invalid_messages(stream: Stream, partitions: int, now: float) -> None:
     }
 
     def variant(**changes: Any) -> bytes:
-        body = dict(good)
-        for k, v in changes.items():
-            if v is ...:
-                body.pop(k)
-            else:
-                body[k] = v
-        return orjson.dumps(body)
+        return changed(good, **changes)
 
     cases: list[tuple[bytes | None, bytes, str]] = [
         (b"k-decode", b"{not json", "DecodeError"),

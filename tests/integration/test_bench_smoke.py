@@ -84,11 +84,14 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for figure in ("freshness_ms", "lookup_ms"):
         p50, p99 = result[figure]["p50"], result[figure]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (figure, result[figure])
-    for floor in ("delivery_floor_ms", "http_floor_ms"):
+    for floor in ("delivery_floor_ms", "http_floor_ms", "batch50_ms"):
         p50, p99 = result["details"]["steady"][floor]["p50"], result["details"]["steady"][floor]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (floor, result["details"]["steady"])
     assert result["details"]["steady"]["lookup_status"] == {
         "200": result["details"]["steady"]["lookups_timed"]
+    }
+    assert result["details"]["steady"]["batch50_status"] == {
+        "200": result["details"]["steady"]["batch50_ms"]["timed"]
     }
     assert (
         result["recovery_records_s"] > 0 and result["time_to_ready_s"] > 0 and result["rss_mb_100k_users"] > 0
@@ -98,6 +101,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert recovery["warm"]["startup_to_ready_s"] > 0, recovery
     assert result["heavy_user_ratio"] > 0
     assert result["details"]["velocity_exactly_once"]["tx_s"] > 0
+    assert result["details"]["velocity_scoring_off"]["scoring_on_vs_off"] > 0
     two = result["details"]["two_workers"]
     # At-least-once: the rebalance between the two may redo some records.
     assert two["records"] >= two["expected"] and two["vs_one_worker"] > 0, two

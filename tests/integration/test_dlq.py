@@ -32,7 +32,7 @@ from tests.integration.conftest import (
     produce,
     wait_for,
 )
-from tests.integration.streams import owner_partition
+from tests.integration.streams import changed, owner_partition
 
 pytestmark = pytest.mark.integration
 
@@ -131,19 +131,16 @@ async def test_stats_and_show_count_and_list_what_the_worker_dead_lettered(
         return user.encode(), owner_partition(user, p)
 
     def bad(**changes: Any) -> bytes:
-        body: dict[str, Any] = {
-            "transaction_id": "b",
-            "user_id": "s-bad",
-            "amount": 1.0,
-            "merchant_id": "m",
-            "timestamp": now - 5,
-        }
-        for k, v in changes.items():
-            if v is ...:
-                body.pop(k)
-            else:
-                body[k] = v
-        return orjson.dumps(body)
+        return changed(
+            {
+                "transaction_id": "b",
+                "user_id": "s-bad",
+                "amount": 1.0,
+                "merchant_id": "m",
+                "timestamp": now - 5,
+            },
+            **changes,
+        )
 
     k0, p0 = direct("s-u0")
     kb, pb = direct("s-bad")

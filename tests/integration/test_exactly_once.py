@@ -112,7 +112,9 @@ class Scenario:
             assert time.monotonic() < deadline, "traffic did not flow"
             await asyncio.sleep(0.05)
 
-    async def check(self, workers: list[Worker], features: TopicReader, dlq: TopicReader) -> None:
+    async def check(
+        self, workers: list[Worker], features: TopicReader, dlq: TopicReader, predictions: TopicReader
+    ) -> None:
         assert self.sender is not None
         await self.sender
         want = sum(1 for m in self.stream.messages if m.txn is not None) - self.letters["LateEvent"]
@@ -120,7 +122,13 @@ class Scenario:
         total_letters = sum(self.letters.values())
         await dlq.until(lambda ms: len(ms) >= total_letters, 120, f"{total_letters} committed dead letters")
         # A duplicate would be beyond those counts: read on to the topics' committed ends.
-        assert_single_pass(await features.until_end(60), self.stream, self.accepted)
+        records = await features.until_end(60)
+        assert_single_pass(records, self.stream, self.accepted)
+        # SPEC 10: one committed prediction per committed record, in the same transactions.
+        scored = await predictions.until_end(60)
+        assert Counter((p["transaction_id"], p["features_at"]) for _, p, _ in scored) == Counter(
+            (r["transaction_id"], r["computed_at"]) for _, r, _ in records
+        )
         letters = await dlq.until_end(60)
         coordinates = [(d["original_partition"], d["original_offset"]) for _, d, _ in letters]
         assert len(coordinates) == len(set(coordinates)), "a dead letter appears twice"
@@ -147,9 +155,10 @@ async def run(topics: Topics, seed: int, body: Any) -> None:
     async with (
         TopicReader(topics.features, isolation_level="read_committed") as features,
         TopicReader(topics.dlq, isolation_level="read_committed") as dlq,
+        TopicReader(topics.predictions, isolation_level="read_committed") as predictions,
     ):
         workers = await body(scenario)
-        await scenario.check(workers, features, dlq)
+        await scenario.check(workers, features, dlq, predictions)
 
 
 async def test_one_worker_killed_and_restarted_on_its_data_dir(topics: Topics, spawn: Any) -> None:

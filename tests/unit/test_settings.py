@@ -62,6 +62,10 @@ VARIABLES = {
     "LAG_WARN_MESSAGES": "lag_warn_messages",
     "FRESHNESS_WARN_S": "freshness_warn_s",
     "HEALTH_TOPIC": "health_topic",
+    "SCORING": "scoring",
+    "MODEL": "model",
+    "PREDICTIONS_TOPIC": "predictions_topic",
+    "LABELS_TOPIC": "labels_topic",
 }
 
 
@@ -79,6 +83,20 @@ def test_every_spec_2_variable_is_a_setting() -> None:
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert set(SPEC_DEFAULTS) <= fields
     assert set(VARIABLES.values()) == fields
+
+
+def test_the_fraud_loop_settings() -> None:
+    default = load_settings({})
+    assert (default.scoring, default.model, default.predictions_topic, default.labels_topic) == (
+        True,
+        "bundled",
+        "predictions.fraud",
+        "labels.fraud-feedback",
+    )
+    assert load_settings({"SCORING": " OFF "}).scoring is False
+    for bad in ({"SCORING": "yes"}, {"MODEL": " "}, {"PREDICTIONS_TOPIC": "a b"}):
+        with pytest.raises(SettingsError):
+            load_settings(bad)
 
 
 def test_datadir_default_follows_the_app_id() -> None:

@@ -93,6 +93,7 @@ class PipelineMetrics:
             self._dead.labels(error_type=error_type)
         self.processed_total = 0
         self.predictions_total = 0
+        self._predictions_exported = 0
         self.scoring_failures_total = 0
         self._predictions = Counter(
             "velocity_predictions", "Fraud scores published to the predictions topic", registry=r
@@ -141,8 +142,7 @@ class PipelineMetrics:
         self._processed.inc()
 
     def on_prediction(self) -> None:
-        self.predictions_total += 1
-        self._predictions.inc()
+        self.predictions_total += 1  # exported by sample(): no Prometheus lock per record
 
     def on_scoring_failed(self) -> None:
         self.scoring_failures_total += 1
@@ -234,6 +234,9 @@ class PipelineMetrics:
 
     def sample(self) -> None:
         """Record one point of the rate history (called every second or so)."""
+        if self.predictions_total > self._predictions_exported:
+            self._predictions.inc(self.predictions_total - self._predictions_exported)
+            self._predictions_exported = self.predictions_total
         now = time.monotonic()
         self._rate_samples.append((now, self.processed_total))
         # Keep the newest sample at least RATE_WINDOW_S old as the baseline, so

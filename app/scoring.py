@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from math import exp, log1p
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +71,32 @@ class LogisticModel:
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     intercept: float
+    _terms: tuple[tuple[str, bool, float, float], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Per input: (name, log1p?, mean, coef / scale): the hot path's loop, computed once.
+        terms = tuple(
+            (name, transform == "log1p", mean, coef / scale)
+            for name, transform, mean, scale, coef in zip(
+                self.names, self.transforms, self.mean, self.scale, self.coef, strict=True
+            )
+        )
+        object.__setattr__(self, "_terms", terms)
 
     def score(self, features: Mapping[str, Any]) -> float:
         """P(fraud) for one record; a missing input counts as the training mean."""
         z = self.intercept
-        for name, transform, mean, scale, coef in zip(
-            self.names, self.transforms, self.mean, self.scale, self.coef, strict=True
-        ):
-            x = _value(features.get(name), transform)
-            if x is not None:
-                z += coef * (x - mean) / scale
+        get = features.get
+        for name, log, mean, weight in self._terms:
+            raw = get(name)
+            if raw is not None:
+                x = float(raw)
+                if log:
+                    x = log1p(x if x > 0.0 else 0.0)
+                z += weight * (x - mean)
         if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
+            return 1.0 / (1.0 + exp(-z))
+        e = exp(z)
         return e / (1.0 + e)
 
     def to_json(self, **extra: Any) -> bytes:

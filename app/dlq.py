@@ -31,7 +31,6 @@ import base64
 import binascii
 import dataclasses
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.cli import argument, option
 
-from app.kafka_admin import bootstrap_servers
+from app.kafka_admin import bootstrap_servers, read_to_end
 from app.main import app, settings
 from records.errors import ERROR_TYPES, VelocityError
 from records.transaction import Transaction
@@ -522,27 +521,8 @@ async def read_topic(
             raise TopicMissing(f"topic {topic!r} does not exist on {broker_url}")
         existing = frozenset(consumer._client.cluster.topics())  # noqa: SLF001
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = set(tps)
-        moved_at = time.monotonic()
-        while remaining:
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
-            if not remaining:
-                break
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset < ends[tp]:
-                        sink(tp.partition, r.offset, r.value)
-            if batch:
-                moved_at = time.monotonic()
-            elif time.monotonic() - moved_at > READ_STALL_S:
-                raise KafkaError(f"no progress reading {topic!r} for {READ_STALL_S:.0f}s")
+        async for r in read_to_end(consumer, tps, READ_STALL_S):
+            sink(r.partition, r.offset, r.value)
         return existing
     finally:
         await consumer.stop()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import heapq
 import logging
 import math
 import os
@@ -40,8 +39,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from aiokafka.errors import KafkaError
 from faust.cli import option
 from tqdm import tqdm
 
-from app.kafka_admin import bootstrap_servers, partition_counts
+from app.kafka_admin import bootstrap_servers, partition_counts, read_merged, read_to_end
 from app.main import app, settings
 from records.errors import ProcessingError, RejectedMessage
 from records.schema import UserFeatures
@@ -74,10 +72,6 @@ _BOOL_COLUMNS = frozenset({"is_online"})
 
 #: Rows per Parquet row group (and per write of either format).
 ROWS_PER_WRITE = 25_000
-#: Records fetched per partition at a time.
-FETCH_RECORDS = 2_000
-#: A partition that makes no progress for this long is an error (a broker gone, a stuck transaction).
-STALL_S = 60.0
 
 
 class ExportError(Exception):
@@ -216,59 +210,6 @@ async def topic_partitions(topic: str) -> list[TopicPartition]:
     if count is None:
         raise ExportError(f"topic {topic!r} does not exist on {settings.broker_url}")
     return [TopicPartition(topic, p) for p in range(count)]
-
-
-async def read_merged(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[TopicPartition, int]
-) -> AsyncIterator[Any]:
-    """The records of ``tps`` below ``ends``: each partition in offset order, merged by timestamp."""
-    buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in tps}
-
-    async def fill(tp: TopicPartition) -> None:
-        buffer = buffers[tp]
-        end = ends[tp]
-        moved_at = time.monotonic()
-        while not buffer:
-            position = await consumer.position(tp)
-            if position >= end:
-                return
-            got = await consumer.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
-            buffer.extend(r for r in got.get(tp, ()) if r.offset < end)
-            if await consumer.position(tp) > position:
-                moved_at = time.monotonic()
-            elif time.monotonic() - moved_at > STALL_S:
-                raise ExportError(
-                    f"{tp.topic}[{tp.partition}] made no progress at offset {position} for {STALL_S:.0f}s"
-                )
-
-    heap: list[tuple[int, int, int, TopicPartition]] = []
-
-    def push(tp: TopicPartition) -> None:
-        head = buffers[tp][0]
-        timestamp = head.timestamp if head.timestamp is not None and head.timestamp >= 0 else 0
-        heapq.heappush(heap, (timestamp, tp.partition, head.offset, tp))
-
-    for tp in tps:
-        await fill(tp)
-        if buffers[tp]:
-            push(tp)
-    while heap:
-        tp = heapq.heappop(heap)[3]
-        buffer = buffers[tp]
-        yield buffer.popleft()
-        if not buffer:
-            await fill(tp)
-        if buffer:
-            push(tp)
-
-
-async def read_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> AsyncIterator[Any]:
-    """Every record of ``tps`` from the beginning up to the end offsets as of now (any order)."""
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    ends = {tp: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
-    async for record in read_merged(consumer, tps, ends):
-        yield record
 
 
 # --------------------------------------------------------------------------- writing

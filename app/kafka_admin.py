@@ -1,16 +1,31 @@
-"""Topic creation and the partition-count check done before a worker starts."""
+"""Topic creation, the partition-count check done before a worker starts, and bounded topic reads."""
 
 from __future__ import annotations
 
+import heapq
 import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from records.errors import TopicMismatchError
 
 log = logging.getLogger(__name__)
+
+#: Records fetched per partition at a time by :func:`read_merged`.
+FETCH_RECORDS = 2_000
+#: A partition read by :func:`read_merged` that makes no progress for this long is an error.
+READ_STALL_S = 60.0
+
+
+class ReadStalled(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """A bounded read made no progress (a broker gone, a stuck transaction)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +93,66 @@ async def partition_counts(broker_url: str, names: list[str]) -> dict[str, int]:
         return await _partition_counts(admin, names)
     finally:
         await admin.close()
+
+
+async def read_merged(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    ends: Mapping[TopicPartition, int],
+    stall_s: float = READ_STALL_S,
+) -> AsyncIterator[Any]:
+    """The records of ``tps`` (assigned to ``consumer``) below ``ends``, without a consumer group.
+
+    Each partition in offset order, the partitions merged by Kafka timestamp
+    (ties: partition, offset). A partition whose position does not move for
+    ``stall_s`` raises :class:`ReadStalled` (a broker gone, a stuck transaction).
+    """
+    buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in tps}
+
+    async def fill(tp: TopicPartition) -> None:
+        buffer = buffers[tp]
+        end = ends[tp]
+        moved_at = time.monotonic()
+        while not buffer:
+            position = await consumer.position(tp)
+            if position >= end:
+                return
+            got = await consumer.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
+            buffer.extend(r for r in got.get(tp, ()) if r.offset < end)
+            if await consumer.position(tp) > position:
+                moved_at = time.monotonic()
+            elif time.monotonic() - moved_at > stall_s:
+                raise ReadStalled(
+                    f"{tp.topic}[{tp.partition}] made no progress at offset {position} for {stall_s:.0f}s"
+                )
+
+    heap: list[tuple[int, int, int, TopicPartition]] = []
+
+    def push(tp: TopicPartition) -> None:
+        head = buffers[tp][0]
+        timestamp = head.timestamp if head.timestamp is not None and head.timestamp >= 0 else 0
+        heapq.heappush(heap, (timestamp, tp.partition, head.offset, tp))
+
+    for tp in tps:
+        await fill(tp)
+        if buffers[tp]:
+            push(tp)
+    while heap:
+        tp = heapq.heappop(heap)[3]
+        buffer = buffers[tp]
+        yield buffer.popleft()
+        if not buffer:
+            await fill(tp)
+        if buffer:
+            push(tp)
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], stall_s: float = READ_STALL_S
+) -> AsyncIterator[Any]:
+    """Every record of ``tps`` from the beginning to the end offsets as of now (see :func:`read_merged`)."""
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = {tp: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
+    async for record in read_merged(consumer, tps, ends, stall_s):
+        yield record

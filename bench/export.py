@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import tempfile
 import time
 import uuid
@@ -23,6 +22,7 @@ from bench.harness import (
     FAUST,
     PARTITIONS,
     REPO,
+    Proc,
     StreamSpec,
     base_env,
     bootstrap,
@@ -44,19 +44,14 @@ def run_export(topic: str, output: Path) -> dict[str, Any]:
     )
     started = time.monotonic()
     log = output.with_suffix(".log")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [FAUST, "-A", "app", "export", "--output", str(output)], cwd=REPO, env=env, stdout=out, stderr=out
-        )
-        peak_kb, samples = 0, []
-        while proc.poll() is None:
-            rss = _rss_kb(proc.pid)
-            peak_kb = max(peak_kb, rss)
-            samples.append(rss)
-            time.sleep(0.5)
+    proc = Proc.start("export", [FAUST, "-A", "app", "export", "--output", str(output)], env, log)
+    samples: list[float] = []
+    while proc.alive():
+        samples.append(proc.rss_mb() or 0.0)
+        time.sleep(0.5)
     elapsed = time.monotonic() - started
     text = log.read_text()
-    if proc.returncode != 0:
+    if proc.popen.returncode != 0:
         raise SystemExit(f"bench-export: the export failed:\n{text}")
     summary = next(line for line in text.splitlines() if line.startswith("export: ") and " rows " in line)
     rows = int(summary.split()[1])
@@ -66,20 +61,10 @@ def run_export(topic: str, output: Path) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "rows_per_s": round(rows / elapsed),
         "bytes": output.stat().st_size,
-        "peak_rss_mb": round(peak_kb / 1024.0, 1),  # VmRSS sampled every 0.5 s
-        "median_rss_mb": round(sorted(samples)[len(samples) // 2] / 1024.0, 1) if samples else None,
+        "peak_rss_mb": round(max(samples, default=0.0), 1),  # VmRSS sampled every 0.5 s
+        "median_rss_mb": round(sorted(samples)[len(samples) // 2], 1) if samples else None,
         "summary": summary,
     }
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main() -> None:

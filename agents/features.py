@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from faust.exceptions import ProducerSendError
@@ -47,6 +47,8 @@ from app.main import (
     dlq_topic,
     features_topic,
     inbound_topic,
+    label_join,
+    monitoring_topic,
     predictions_topic,
     rekey_topic,
     scorer,
@@ -54,10 +56,19 @@ from app.main import (
 )
 from app.scoring import prediction_value
 from records.errors import ErrorType, LateEvent, ProcessingError, RejectedMessage
+from records.label import (
+    LABEL_KEY,
+    LoggedPrediction,
+    joined_label,
+    logged_event_time,
+    open_carried_label,
+    prediction_key,
+)
 from records.schema import DeadLetter, UserFeatures
 from records.transaction import Transaction, parse_transaction
 from tables import restore as _bulk_restore  # noqa: F401  (connects the bulk changelog restore)
 from tables.expiry import TICK_KEY, head_latest_ts
+from tables.monitoring import observer as drift_observer
 from tables.user_state import (
     PartitionWriter,
     changelog_topic_name,
@@ -74,6 +85,11 @@ log = logging.getLogger(__name__)
 
 features_topic_name: str = features_topic.get_topic_name()
 predictions_topic_name: str = predictions_topic.get_topic_name()
+
+#: Whether every prediction is logged for the label join (SPEC 10; LABEL_WAIT_S=0 turns it off).
+LOG_PREDICTIONS = label_join(settings)
+#: Key of a joined label on the monitoring topic (partials carry the worker's name).
+MONITORING_LABEL_KEY = b"label"
 
 #: The hot path lets other tasks run at least this often (seconds of work).
 YIELD_EVERY_S = 0.002
@@ -93,9 +109,21 @@ class Origin:
     raw_value: bytes | None
 
 
-async def send_dead_letter(
-    work: PartitionWork, origin: Origin, error_type: ErrorType, error_message: str
-) -> None:
+class Sender(Protocol):
+    """What outputs need of the work they belong to: its transaction (None: no transaction)."""
+
+    @property
+    def tid(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionOf:
+    """The outputs of a message outside the batch path (its input partition's transaction)."""
+
+    tid: str | None
+
+
+async def send_dead_letter(work: Sender, origin: Origin, error_type: ErrorType, error_message: str) -> None:
     log.warning(
         "dead letter %s from %s[%s]@%s key=%r: %s",
         error_type,
@@ -193,7 +221,7 @@ _background: set[asyncio.Future[None]] = set()
 
 
 async def publish(
-    work: PartitionWork, topic: Any, key: bytes | None, value: bytes, partition: int | None = None
+    work: Sender, topic: Any, key: bytes | None, value: bytes, partition: int | None = None
 ) -> None:
     """Send one output message (features, dead letter, re-keying hop)."""
     await send(topic.get_topic_name(), key, value, partition, work.tid)
@@ -353,11 +381,24 @@ class PartitionWork:
         while time.monotonic() < deadline:
             user_id = sweeper.pop(self.partition)
             if user_id is None:
-                return
+                break
             head = get(head_key(user_id))
             if head is None or not stream_times.is_expired(self.partition, head_latest_ts(head), get):
                 continue  # gone already, or active again since the sweep saw it
             self.forget_user(user_id, UserWindow.chunk_numbers(head))
+        changelog = changelog_topic_name()
+        while time.monotonic() < deadline:
+            key = sweeper.pop_prediction(self.partition)
+            if key is None:
+                return
+            entry = get(key)
+            floor = stream_times.prediction_floor(self.partition, get, settings.label_wait_s)
+            stamped = None if entry is None else logged_event_time(entry)
+            if stamped is None or floor is None or stamped >= floor:
+                continue  # joined (deleted) since the sweep saw it
+            self.state.put(key, None)
+            self.outbox.add(changelog, self.partition, key, None)
+            app.metrics.on_prediction_expired()
 
 
 async def handle_message(
@@ -375,6 +416,9 @@ async def handle_message(
         if topic == settings.rekey_topic:
             if key == TICK_KEY:
                 return  # its batch deleted the partition's expired users (tables/expiry.py)
+            if key == LABEL_KEY:
+                await join_label(work, origin, value)
+                return
             origin, txn = _open_envelope(value or b"")
         else:
             try:
@@ -421,7 +465,7 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
     metrics = app.metrics
     if outcome.verdict == "accepted":
         metrics.on_processed()
-        if stream_times.enabled:
+        if stream_times.tracking:
             stream_times.advance(work.partition, txn.timestamp, work.state.get)
             sweeper.note_latest(work.partition, txn.timestamp)
         if is_new_user:
@@ -435,12 +479,17 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
         work.outbox.add(features_topic_name, work.partition, user_key, features.encode())
     else:
         await publish(work, features_topic, user_key, features.encode())
-    if scorer is not None:
-        await publish_prediction(work, outcome.features, user_key)
+    score = None if scorer is None else await publish_prediction(work, outcome.features, user_key)
+    if outcome.verdict == "accepted":  # a duplicate's record is one drift has seen already
+        drift_observer.observe(outcome.features, score, None if scorer is None else scorer.version)
 
 
-async def publish_prediction(work: PartitionWork, features: dict[str, Any], user_key: bytes) -> None:
-    """SPEC 10: the record's fraud score, in the same batch (and transaction) as the record itself."""
+async def publish_prediction(work: PartitionWork, features: dict[str, Any], user_key: bytes) -> float | None:
+    """SPEC 10: the record's fraud score, in the same batch (and transaction) as the record itself.
+
+    With the label join on, the prediction is also logged in the partition's
+    store and changelog (records/label.py), in the same write batch.
+    """
     assert scorer is not None
     try:
         score = float(scorer.score(features))
@@ -450,13 +499,49 @@ async def publish_prediction(work: PartitionWork, features: dict[str, Any], user
         # The feature record stands; the model's failure is counted and logged, never a dead letter.
         app.metrics.on_scoring_failed()
         log.warning("model %s failed on transaction %r: %r", scorer.version, features["transaction_id"], exc)
-        return
-    value = orjson.dumps(prediction_value(features, score, scorer.version, time.time()))
+        return None
+    scored_at = time.time()
+    value = orjson.dumps(prediction_value(features, score, scorer.version, scored_at))
     if copartitioned(work, predictions_topic_name):
         work.outbox.add(predictions_topic_name, work.partition, user_key, value)
     else:
         await publish(work, predictions_topic, user_key, value)
     app.metrics.on_prediction()
+    transaction_id = features["transaction_id"]
+    if LOG_PREDICTIONS and transaction_id is not None:
+        event_time = features["event_time"]
+        key = prediction_key(transaction_id)
+        entry = LoggedPrediction(score, scorer.version, event_time, scored_at).encode()
+        work.state.put(key, entry)
+        work.outbox.add(changelog_topic_name(), work.partition, key, entry)
+        sweeper.note_prediction(work.partition, event_time)
+    return score
+
+
+async def join_label(work: PartitionWork, origin: Origin, value: bytes | None) -> None:
+    """A label carried to this partition: joined with its logged prediction, which it then deletes.
+
+    A keyed label comes to its user's partition only; a probe (an unkeyed
+    label) to every partition, so only the one holding the prediction counts it.
+    """
+    metrics = app.metrics
+    label, probe = open_carried_label(value)
+    key = prediction_key(label.transaction_id)
+    raw = work.state.get(key)
+    if raw is None:
+        if not probe:
+            metrics.on_label("unmatched")
+            log.info(
+                "label for %r: no logged prediction here (unknown, expired or labelled already)",
+                label.transaction_id,
+            )
+        return
+    prediction = LoggedPrediction.decode(raw)
+    work.state.put(key, None)
+    work.outbox.add(changelog_topic_name(), work.partition, key, None)
+    joined = joined_label(label, prediction, label.transaction_id)
+    await publish(work, monitoring_topic, MONITORING_LABEL_KEY, orjson.dumps(joined), partition=0)
+    metrics.on_label("joined")
 
 
 class FeatureBatches:
@@ -517,7 +602,7 @@ class FeatureBatches:
         turn_started = time.monotonic()
         ticked = False
         try:
-            if stream_times.enabled:
+            if stream_times.tracking:
                 sweeper.note_batch(partition)
             for record in records:
                 offset = record.offset
@@ -536,7 +621,11 @@ class FeatureBatches:
                     turn_started = time.monotonic()
                     if not app.generation_is_current(generation):
                         break
-            if stream_times.enabled and app.generation_is_current(generation) and not (tid and tid in fenced):
+            if (
+                stream_times.tracking
+                and app.generation_is_current(generation)
+                and not (tid and tid in fenced)
+            ):
                 work.expire_queued()
         finally:
             work.flush_state()
@@ -580,7 +669,7 @@ async def compute_features(stream: Any) -> None:
                 message.value,
                 message.timestamp,
             )
-            if stream_times.enabled:
+            if stream_times.tracking:
                 sweeper.note_batch(message.partition)
                 work.expire_queued()
             await work.finish()

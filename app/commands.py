@@ -7,7 +7,7 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import aiohttp
@@ -19,7 +19,7 @@ from faust.cli import option
 
 from app.kafka_admin import TopicSpec, bootstrap_servers, ensure_topics
 from app.main import app, settings, topic_specs
-from app.simulator import TrafficConfig, TrafficModel
+from app.simulator import Label, TrafficConfig, TrafficModel
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,41 @@ TICK_S = 0.05
         show_default=True,
         help="Seconds after a fraud transaction that its label (1) goes to LABELS_TOPIC (<0: no labels).",
     ),
+    option(
+        "--label-negatives",
+        type=float,
+        default=0.02,
+        show_default=True,
+        help="Share of regular transactions that also get a label (0) after --label-delay.",
+    ),
+    option(
+        "--unkeyed-labels",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="Share of labels sent with no key (SPEC 10: key user_id or none).",
+    ),
+    option(
+        "--drift-at",
+        type=float,
+        default=-1.0,
+        show_default=True,
+        help="Seconds into the run when amounts of the drift segment start to drift (<0: never).",
+    ),
+    option(
+        "--drift-factor",
+        type=float,
+        default=3.0,
+        show_default=True,
+        help="Once drift is on, the drift segment's amounts are multiplied by this (capped at 99,999).",
+    ),
+    option(
+        "--drift-segment",
+        type=float,
+        default=0.25,
+        show_default=True,
+        help="Share of users that drift (a stable choice from --seed).",
+    ),
 )
 async def simulate(
     self: Any,
@@ -82,16 +117,30 @@ async def simulate(
     seed: int,
     progress_every: float,
     label_delay: float,
+    label_negatives: float,
+    unkeyed_labels: float,
+    drift_at: float,
+    drift_factor: float,
+    drift_segment: float,
 ) -> None:
     """Produce realistic synthetic transactions to the input topic."""
     if rate <= 0:
         raise SystemExit("simulate: --rate must be > 0")
+    for name, share in (
+        ("--label-negatives", label_negatives),
+        ("--unkeyed-labels", unkeyed_labels),
+        ("--drift-segment", drift_segment),
+    ):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"simulate: {name} must be between 0 and 1")
+    if not drift_factor > 0:
+        raise SystemExit("simulate: --drift-factor must be > 0")
     specs = topic_specs(settings)
     if label_delay >= 0:
         specs.append(TopicSpec(settings.labels_topic, settings.topic_partitions, must_match=False))
     await ensure_topics(settings.broker_url, specs)
-    labels: deque[tuple[float, str, str]] = deque()  # (due, transaction id, user id), due in order
-    labelled = 0
+    labels: deque[tuple[float, Label]] = deque()  # (due, label), due in order
+    labelled: Counter[str] = Counter()
     model = TrafficModel(
         TrafficConfig(
             users=users,
@@ -100,6 +149,10 @@ async def simulate(
             out_of_order_share=out_of_order,
             seed=seed,
             run_id=f"{seed}-{secrets.token_hex(4)}",
+            drift_factor=drift_factor,
+            drift_segment=drift_segment,
+            label_negatives=label_negatives if label_delay >= 0 else 0.0,
+            unkeyed_labels=unkeyed_labels,
         )
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker_url), linger_ms=5)
@@ -115,6 +168,12 @@ async def simulate(
             elapsed = time.monotonic() - started
             if (duration and elapsed >= duration) or (max_messages and sent >= max_messages):
                 break
+            if 0 <= drift_at <= elapsed and not model.drifting:
+                model.start_drift()
+                self.say(
+                    f"simulate: drift on: amounts x{drift_factor} for {drift_segment * 100:g}% of users "
+                    "from now"
+                )
             due = int(elapsed * rate) + 1 - sent
             if max_messages:
                 due = min(due, max_messages - sent)
@@ -126,9 +185,11 @@ async def simulate(
                         key=tx["user_id"].encode("utf-8"),
                     )
                     sent += 1
+            new_labels = model.take_labels()  # taken even without labels, so they do not pile up
             if label_delay >= 0:
+                # One due time per tick, never earlier than the last: the deque stays in due order.
                 due_at = time.monotonic() + label_delay
-                labels.extend((due_at, tid, user) for tid, user in model.take_fraud())
+                labels.extend((due_at, label) for label in new_labels)
                 labelled += await send_labels(producer, labels, time.monotonic())
             now = time.monotonic()
             if now - last_report >= progress_every:
@@ -146,18 +207,31 @@ async def simulate(
     self.say(
         f"simulate: done, {sent} transactions in {total:.1f}s ({sent / total:.0f} tx/s), "
         f"{model.bursts} fraud bursts"
-        + (f", {labelled} fraud labels to {settings.labels_topic!r}" if label_delay >= 0 else "")
+        + (
+            f", {labelled['fraud']} fraud (1) and {labelled['legit']} legitimate (0) labels "
+            f"to {settings.labels_topic!r} ({labelled['unkeyed']} unkeyed)"
+            if label_delay >= 0
+            else ""
+        )
     )
 
 
-async def send_labels(producer: AIOKafkaProducer, labels: deque[tuple[float, str, str]], until: float) -> int:
-    """Send the labels due by ``until`` (SPEC 10: ``{transaction_id, label, labeled_at}``, keyed by user)."""
-    sent = 0
+async def send_labels(
+    producer: AIOKafkaProducer, labels: deque[tuple[float, Label]], until: float
+) -> Counter[str]:
+    """Send the labels due by ``until``: SPEC 10's ``{transaction_id, label, labeled_at}``.
+
+    Each is keyed by its user, or sent with no key if it is unkeyed. Returns how many went
+    out: ``fraud`` (label 1), ``legit`` (label 0), ``unkeyed`` (of either).
+    """
+    sent: Counter[str] = Counter()
     while labels and labels[0][0] <= until:
-        _, tid, user = labels.popleft()
-        label = {"transaction_id": tid, "label": 1, "labeled_at": time.time()}
-        await producer.send(settings.labels_topic, value=orjson.dumps(label), key=user.encode("utf-8"))
-        sent += 1
+        _, label = labels.popleft()
+        value = {"transaction_id": label.transaction_id, "label": label.label, "labeled_at": time.time()}
+        key = label.user_id.encode("utf-8") if label.keyed else None
+        await producer.send(settings.labels_topic, value=orjson.dumps(value), key=key)
+        sent["fraud" if label.label else "legit"] += 1
+        sent["unkeyed"] += 0 if label.keyed else 1
     return sent
 
 

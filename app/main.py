@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.drift import Reference, load_reference
 from app.faust_ext import ExtendedApp, FaustVersionError
 from app.kafka_admin import TopicSpec, ensure_topics
 from app.metrics import PipelineMetrics
@@ -79,7 +80,16 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.dlq_topic, s.topic_partitions, must_match=False),
         TopicSpec(s.health_topic, 1, must_match=False),
         *([TopicSpec(s.predictions_topic, s.topic_partitions, must_match=False)] if s.scoring else []),
+        *([TopicSpec(s.labels_topic, s.topic_partitions, must_match=False)] if label_join(s) else []),
+        TopicSpec(s.monitoring_topic, 1, must_match=True),
+        TopicSpec(s.feature_drift_topic, 1, must_match=False),
+        TopicSpec(s.pred_drift_topic, 1, must_match=False),
     ]
+
+
+def label_join(s: Settings) -> bool:
+    """Whether predictions are logged and labels joined with them (SPEC 10)."""
+    return s.scoring and s.label_wait_s > 0
 
 
 def build_app(settings: Settings) -> VelocityApp:
@@ -131,6 +141,8 @@ try:
     settings: Settings = load_settings()
     #: The fraud model (SPEC 10): scores every feature record on the hot path; None with SCORING=off.
     scorer: Scorer | None = load_scorer(settings.model) if settings.scoring else None
+    #: What drift is measured against (SPEC 10): the previous period, or a frozen profile.
+    drift_reference: Reference = load_reference(settings.drift_reference, settings.drift_reference_s)
     app = build_app(settings)
 except (SettingsError, FaustVersionError, ModelError) as exc:  # one clear line, no traceback
     raise SystemExit(f"velocity: cannot start: {exc}") from None
@@ -159,3 +171,8 @@ features_topic = app.topic(settings.features_topic, **_raw)
 dlq_topic = app.topic(settings.dlq_topic, **_raw)
 health_topic = app.topic(settings.health_topic, **_raw)
 predictions_topic = app.topic(settings.predictions_topic, **_raw)
+labels_topic = app.topic(settings.labels_topic, **_raw)
+#: Partial drift sketches of every worker and joined labels, to the one aggregator (app/drift.py).
+monitoring_topic = app.topic(settings.monitoring_topic, partitions=1, **_raw)
+feature_drift_topic = app.topic(settings.feature_drift_topic, **_raw)
+pred_drift_topic = app.topic(settings.pred_drift_topic, **_raw)

@@ -37,6 +37,9 @@ FRESHNESS_BUCKETS_S = (
     60.0,
     300.0,
 )
+#: What happens to a fraud label (SPEC 10): joined with its logged prediction, or not.
+LABEL_OUTCOMES = ("joined", "unmatched", "invalid")
+QUALITY_FIELDS = ("labelled", "positives", "precision", "recall", "auc", "prediction_threshold")
 RATE_WINDOW_S = 60.0
 FRESHNESS_WINDOW_S = 60.0
 MAX_FRESHNESS_SAMPLES = 20000
@@ -101,6 +104,47 @@ class PipelineMetrics:
         self._scoring_failures = Counter(
             "velocity_scoring_failures", "Feature records the model failed to score", registry=r
         )
+        self.labels: dict[str, int] = dict.fromkeys(LABEL_OUTCOMES, 0)
+        self._labels = Counter(
+            "velocity_labels",
+            "Fraud labels by outcome: joined with their prediction, unmatched (no logged prediction), "
+            "invalid (dead letter)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in LABEL_OUTCOMES:
+            self._labels.labels(outcome=outcome)
+        self.predictions_expired_total = 0
+        self._predictions_expired = Counter(
+            "velocity_predictions_expired",
+            "Logged predictions deleted unlabelled after LABEL_WAIT_S of stream time",
+            registry=r,
+        )
+        self._psi = Gauge(
+            "velocity_drift_psi",
+            "PSI of the last published window against its reference (feature, or score@model)",
+            ["feature"],
+            registry=r,
+        )
+        self._drift_warnings = Counter(
+            "velocity_drift_warnings", "Windows whose PSI reached DRIFT_PSI_WARN", ["feature"], registry=r
+        )
+        self._quality = Gauge(
+            "velocity_model_quality",
+            "Online precision, recall and AUC of labelled predictions (LABEL_WAIT_S), per model version",
+            ["model_version", "measure"],
+            registry=r,
+        )
+        self._labelled = Gauge(
+            "velocity_model_labelled_predictions",
+            "Labelled predictions per model version",
+            ["model_version"],
+            registry=r,
+        )
+        #: The aggregating worker's last published drift records, by feature (SPEC 10).
+        self.drift: dict[str, dict[str, Any]] = {}
+        self.drift_warnings_total = 0
+        self.quality: dict[str, dict[str, Any]] = {}
         self.duplicates_total = 0
         self.users_expired_total = 0
         self.last_sweep: dict[str, float] | None = None
@@ -151,6 +195,40 @@ class PipelineMetrics:
     def on_duplicate(self) -> None:
         self.duplicates_total += 1
         self._duplicates.inc()
+
+    def on_label(self, outcome: str) -> None:
+        self.labels[outcome] = self.labels.get(outcome, 0) + 1
+        self._labels.labels(outcome=outcome).inc()
+
+    def on_prediction_expired(self) -> None:
+        self.predictions_expired_total += 1
+        self._predictions_expired.inc()
+
+    def on_drift(self, record: Mapping[str, Any]) -> None:
+        """A published drift record (this worker aggregates): kept for /stats, exported."""
+        name = str(record["feature"])
+        if record.get("model_version"):
+            name = f"score@{record['model_version']}"
+        if record["psi"] is not None:
+            self._psi.labels(feature=name).set(record["psi"])
+        if record["warning"]:
+            self.drift_warnings_total += 1
+            self._drift_warnings.labels(feature=name).inc()
+        kept = {k: v for k, v in record.items() if k not in ("sketch", "quality_by_hour")}
+        kept["warnings_total"] = self.drift.get(name, {}).get("warnings_total", 0) + int(
+            bool(record["warning"])
+        )
+        self.drift[name] = kept
+        version = record.get("model_version")
+        if version:
+            quality = {k: record.get(k) for k in QUALITY_FIELDS}
+            quality["quality_by_hour"] = record.get("quality_by_hour", [])
+            self.quality[str(version)] = quality
+            self._labelled.labels(model_version=version).set(record.get("labelled") or 0)
+            for measure in ("precision", "recall", "auc"):
+                value = record.get(measure)
+                if value is not None:
+                    self._quality.labels(model_version=version, measure=measure).set(value)
 
     def on_user_expired(self) -> None:
         self.users_expired_total += 1
@@ -281,6 +359,11 @@ class PipelineMetrics:
             "predictions_total": self.predictions_total,
             "scoring_failures_total": self.scoring_failures_total,
             "users_expired_total": self.users_expired_total,
+            "labels": dict(self.labels),
+            "predictions_expired_total": self.predictions_expired_total,
+            "drift": dict(self.drift),
+            "drift_warnings_total": self.drift_warnings_total,
+            "model_quality": dict(self.quality),
             "last_expiry_sweep": self.last_sweep,
             "dead_letters": dict(self.dead_letters),
             "dead_letters_total": sum(self.dead_letters.values()),
@@ -336,6 +419,12 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "scoring_failures_total": sum(w.get("scoring_failures_total", 0) for w in alive),
         "model_versions": sorted({w["model_version"] for w in alive if w.get("model_version")}),
         "users_expired_total": sum(w.get("users_expired_total", 0) for w in alive),
+        "labels": _sum_dicts(w.get("labels", {}) for w in alive),
+        "predictions_expired_total": sum(w.get("predictions_expired_total", 0) for w in alive),
+        # One worker aggregates drift; after a move the newest window of each name wins.
+        "drift": _newest(w.get("drift", {}) for w in alive),
+        "drift_warnings_total": sum(w.get("drift_warnings_total", 0) for w in alive),
+        "model_quality": _newest_quality(alive),
         "dead_letters": dead_letters,
         "dead_letters_total": sum(dead_letters.values()),
         "users": sum(w["users"] for w in alive),
@@ -347,6 +436,35 @@ def merge_snapshots(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "catch_up": _merge_catch_up([w["catch_up"] for w in alive if "catch_up" in w]),
         "partitions": sorted(p for w in alive for p in w["partitions"]),
     }
+
+
+def _sum_dicts(each: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    out = dict.fromkeys(LABEL_OUTCOMES, 0)
+    for d in each:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _newest(each: Iterable[Mapping[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for d in each:
+        for name, record in d.items():
+            if name not in out or record["window_end"] > out[name]["window_end"]:
+                out[name] = record
+    return dict(sorted(out.items()))
+
+
+def _newest_quality(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    newest_drift = _newest(w.get("drift", {}) for w in workers)
+    out: dict[str, Any] = {}
+    for w in workers:
+        for version, quality in w.get("model_quality", {}).items():
+            record = newest_drift.get(f"score@{version}")
+            mine = w.get("drift", {}).get(f"score@{version}")
+            if version not in out or (record is not None and mine is record):
+                out[version] = quality
+    return out
 
 
 def _merge_catch_up(each: list[dict[str, Any]]) -> dict[str, Any]:

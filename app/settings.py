@@ -61,6 +61,21 @@ class Settings:
     model: str
     predictions_topic: str
     labels_topic: str
+    label_wait_s: float  # 0: no prediction log, no label join
+    feature_drift_topic: str
+    pred_drift_topic: str
+    drift_window_s: float
+    drift_reference: str  # "previous" or the path of a profile file (faust -A app train --profile)
+    drift_reference_s: float
+    drift_psi_warn: float
+    drift_min_count: int
+    drift_features: tuple[str, ...]
+    prediction_threshold: float
+
+    @property
+    def monitoring_topic(self) -> str:
+        """Internal: every worker's partial drift sketches and every joined label, to one aggregator."""
+        return f"{self.app_id}-monitoring"
 
     @property
     def rekey_topic(self) -> str:
@@ -199,4 +214,57 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model=_text(env, "MODEL", "bundled"),
         predictions_topic=_kafka_name(env, "PREDICTIONS_TOPIC", "predictions.fraud", MAX_TOPIC_CHARS),
         labels_topic=_kafka_name(env, "LABELS_TOPIC", "labels.fraud-feedback", MAX_TOPIC_CHARS),
+        label_wait_s=_seconds(env, "LABEL_WAIT_S", 2592000),
+        feature_drift_topic=_kafka_name(
+            env, "FEATURE_DRIFT_TOPIC", "monitoring.feature-drift", MAX_TOPIC_CHARS
+        ),
+        pred_drift_topic=_kafka_name(env, "PRED_DRIFT_TOPIC", "monitoring.pred-drift", MAX_TOPIC_CHARS),
+        drift_window_s=_positive_seconds(env, "DRIFT_WINDOW_S", 60),
+        drift_reference=_text(env, "DRIFT_REFERENCE", "previous"),
+        drift_reference_s=_positive_seconds(env, "DRIFT_REFERENCE_S", 86400),
+        drift_psi_warn=_positive_seconds(env, "DRIFT_PSI_WARN", 0.2),
+        drift_min_count=_int(env, "DRIFT_MIN_COUNT", 200, 1),
+        drift_features=_drift_features(env),
+        prediction_threshold=_probability(env, "PREDICTION_THRESHOLD", 0.5),
     )
+
+
+#: The SPEC 4 fields whose drift is watched (all numeric ones; the score is watched too).
+DRIFT_FEATURES: tuple[str, ...] = (
+    "current_amount",
+    "tx_count_1h",
+    "tx_count_24h",
+    "total_amount_1h",
+    "total_amount_24h",
+    "avg_amount_1h",
+    "avg_amount_24h",
+    "max_amount_24h",
+    "unique_merchants_1h",
+    "unique_merchants_24h",
+    "seconds_since_last_tx",
+    "amount_zscore_24h",
+)
+
+
+def _drift_features(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("DRIFT_FEATURES", "all").strip()
+    if raw == "all":
+        return DRIFT_FEATURES
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    unknown = [n for n in names if n not in DRIFT_FEATURES]
+    if unknown or not names:
+        raise SettingsError(
+            f"DRIFT_FEATURES={raw!r}: 'all' or a comma-separated list of {', '.join(DRIFT_FEATURES)}"
+        )
+    return names
+
+
+def _probability(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, str(default)).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name}={raw!r} must be between 0 and 1")
+    return value

@@ -1,17 +1,24 @@
 """Synthetic card traffic: Zipf-like user activity, realistic amounts, fraud bursts.
 
-Pure Python (no Kafka): :class:`TrafficModel` yields transaction dicts; the
-``simulate`` command (app/commands.py) paces and produces them.
+Pure Python (no Kafka): :class:`TrafficModel` yields transaction dicts and
+records the labels to come (:class:`Label`); the ``simulate`` command
+(app/commands.py) paces and produces both.
+
+The transaction stream depends only on the seed (and the run id in the ids):
+the label choices draw from random generators of their own, and drift (see
+:meth:`TrafficModel.start_drift`) draws nothing, so neither changes which
+transactions are generated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # category -> (median amount, log-normal sigma, share of online purchases)
 CATEGORIES: dict[str, tuple[float, float, float]] = {
@@ -25,6 +32,7 @@ CATEGORIES: dict[str, tuple[float, float, float]] = {
     "entertainment": (16.0, 0.6, 0.8),
 }
 MERCHANTS_PER_CATEGORY = 200
+MAX_AMOUNT = 99_999.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,25 @@ class TrafficConfig:
     fraud_burst_span_s: float = 180.0
     seed: int = 7
     run_id: str = ""  # prefix of transaction ids; distinct per run so reruns are not duplicates
+    drift_factor: float = 3.0  # once drift is on, amounts of the drift segment's users are multiplied by this
+    drift_segment: float = 0.25  # share of users in the drift segment (by a stable hash of seed and user id)
+    label_negatives: float = 0.0  # share of regular (non-burst) transactions labelled 0
+    unkeyed_labels: float = 0.0  # share of labels to be sent without a key
+
+
+class Label(NamedTuple):
+    """A label to come (SPEC 10): ``label`` 1 for a burst transaction, 0 for a regular one."""
+
+    transaction_id: str
+    user_id: str
+    label: int
+    keyed: bool  # False: sent with no key (SPEC 10 allows key user_id or none)
+
+
+def hash_share(seed: int, user_id: str) -> float:
+    """A stable number in [0, 1) for ``user_id`` under ``seed`` (the same in every process and run)."""
+    digest = hashlib.blake2b(f"{seed}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 class TrafficModel:
@@ -63,8 +90,29 @@ class TrafficModel:
         self._favourites: dict[str, list[str]] = {}
         self._seq = itertools.count()
         self.bursts = 0
-        #: (transaction id, user id) of burst transactions not yet taken by :meth:`take_fraud`.
-        self.fraud: list[tuple[str, str]] = []
+        #: The labels generated and not yet taken by :meth:`take_labels`, in generation order.
+        self.labels: list[Label] = []
+        # Own generators, so label choices never move the transaction stream (nor each other).
+        self._negative_rng = random.Random(f"negatives-{config.seed}")
+        self._unkeyed_rng = random.Random(f"unkeyed-{config.seed}")
+        #: Whether drift is on (:meth:`start_drift`).
+        self.drifting = False
+        self._segment: dict[str, bool] = {}
+
+    def in_drift_segment(self, user_id: str) -> bool:
+        """Whether ``user_id`` is in the drift segment (fixed by the seed; heavy users like any other)."""
+        inside = self._segment.get(user_id)
+        if inside is None:
+            inside = hash_share(self.config.seed, user_id) < self.config.drift_segment
+            self._segment[user_id] = inside
+        return inside
+
+    def start_drift(self) -> None:
+        """From now on, amounts of the drift segment's users are multiplied by ``drift_factor`` (capped)."""
+        self.drifting = True
+
+    def stop_drift(self) -> None:
+        self.drifting = False
 
     def _favourite_categories(self, user_id: str) -> list[str]:
         fav = self._favourites.get(user_id)
@@ -86,7 +134,9 @@ class TrafficModel:
             fav = self._favourite_categories(user_id)
             category = rng.choice(fav) if rng.random() < 0.85 else rng.choice(list(CATEGORIES))
         median, sigma, online_share = CATEGORIES[category]
-        amount = round(min(median * math.exp(rng.gauss(0.0, sigma)) * amount_scale, 99_999.0), 2)
+        if self.drifting and self.in_drift_segment(user_id):
+            amount_scale *= self.config.drift_factor
+        amount = round(min(median * math.exp(rng.gauss(0.0, sigma)) * amount_scale, MAX_AMOUNT), 2)
         if ts_s is None:
             ts_s = now_s
             if rng.random() < self.config.out_of_order_share:
@@ -112,20 +162,28 @@ class TrafficModel:
             ts = now_s - span + span * (i + 1) / cfg.fraud_burst_size
             category = self.rng.choice(["electronics", "online_retail", "travel"])
             out.append(self._one(user_id, now_s, category, amount_scale=1.0 + i / 5.0, ts_s=ts))
-        self.fraud.extend((tx["transaction_id"], user_id) for tx in out)
+        self.labels.extend(self._label(tx["transaction_id"], user_id, 1) for tx in out)
         return out
 
-    def take_fraud(self) -> list[tuple[str, str]]:
-        """The (transaction id, user id) of the fraud generated since the last call: the labels to come."""
-        fraud, self.fraud = self.fraud, []
-        return fraud
+    def _label(self, transaction_id: str, user_id: str, label: int) -> Label:
+        share = self.config.unkeyed_labels
+        keyed = not (share > 0 and self._unkeyed_rng.random() < share)
+        return Label(transaction_id, user_id, label, keyed)
+
+    def take_labels(self) -> list[Label]:
+        """The labels generated since the last call (in generation order): the labels to come."""
+        labels, self.labels = self.labels, []
+        return labels
 
     def take(self, n: int, now_s: float) -> Iterator[dict[str, Any]]:
         """``n`` regular transactions (and any bursts that fall due), stamped ~``now_s``."""
         cfg = self.config
         users = self.rng.choices(self.user_ids, cum_weights=self.cum_weights, k=n)
+        negatives = cfg.label_negatives
         for user_id in users:
             tx = self._one(user_id, now_s)
+            if negatives > 0 and self._negative_rng.random() < negatives:
+                self.labels.append(self._label(tx["transaction_id"], user_id, 0))
             yield tx
             if cfg.fraud_burst_every and (int(tx["transaction_id"][-10:]) + 1) % cfg.fraud_burst_every == 0:
                 yield from self.burst(now_s)

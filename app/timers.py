@@ -79,7 +79,7 @@ async def refresh_consumer_lag() -> None:
 @timer(app, settings.expiry_sweep_interval_s)
 async def sweep_expired_users() -> None:
     """SPEC 4, Expiry: queue the users of the active partitions that have fallen behind (tables/expiry.py)."""
-    if stream_times.enabled and is_ready() and await sweeper.sweep(owned_partitions()):
+    if stream_times.tracking and is_ready() and await sweeper.sweep(owned_partitions()):
         app.metrics.on_sweep(sweeper.last_pass_s or 0.0, sweeper.last_pass_keys)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from records.label import PREDICTION_PREFIX, logged_event_time
 from tables.window import _difference
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class StreamTimes:
     rebalance (the partition may have been restored or moved meanwhile).
     """
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, also_for_predictions: bool = False) -> None:
         self.ttl_s = ttl_s
+        #: Kept when users expire, or when the prediction log (records/label.py) expires by it.
+        self.tracking = ttl_s > 0 or also_for_predictions
         self._times: dict[int, float | None] = {}
         self._floors: dict[int, float | None] = {}
         self._dirty: set[int] = set()
@@ -128,6 +131,15 @@ class StreamTimes:
         if partition not in self._floors:
             self.get(partition, read)
         return self._floors[partition]
+
+    def prediction_floor(
+        self, partition: int, read: Callable[[bytes], bytes | None], wait_s: float
+    ) -> float | None:
+        """Prediction-log entries of transactions stamped before this are past ``LABEL_WAIT_S``."""
+        if not self.tracking or wait_s <= 0:
+            return None
+        current = self.get(partition, read)
+        return None if current is None else current - wait_s
 
     def is_expired(
         self, partition: int, latest_ts_s: float | None, read: Callable[[bytes], bytes | None]
@@ -183,13 +195,18 @@ class Sweeper:
         floor: Callable[[int, Any], float | None],
         offset_key: Callable[[], bytes | None],
         send_tick: Callable[[int], Awaitable[None]] | None = None,
+        prediction_floor: Callable[[int, Any], float | None] | None = None,
     ) -> None:
         self._open_dbs = open_dbs
+        self._prediction_floor = prediction_floor
         self._send_tick = send_tick
         self._floor = floor
         self._offset_key = offset_key
         self.queued: dict[int, OrderedDict[str, None]] = {}  # partition -> user ids (an ordered set)
+        #: partition -> prediction-log keys past LABEL_WAIT_S (records/label.py)
+        self.queued_predictions: dict[int, OrderedDict[bytes, None]] = {}
         self._oldest_kept: dict[int, float] = {}  # partition -> smallest M left by its last full pass
+        self._oldest_prediction_kept: dict[int, float] = {}  # the same for prediction-log entries
         self._generation = 0
         self._batch_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
         self.passes = 0
@@ -200,13 +217,21 @@ class Sweeper:
         """Partitions may move: queues and per-partition knowledge are dropped, a running pass stops."""
         self._generation += 1
         self.queued.clear()
+        self.queued_predictions.clear()
         self._oldest_kept.clear()
+        self._oldest_prediction_kept.clear()
 
     def note_latest(self, partition: int, latest_ts_s: float) -> None:
         """A user of the partition now has this *M* (it may be older than any the last pass kept)."""
         oldest = self._oldest_kept.get(partition)
         if oldest is not None and latest_ts_s < oldest:
             self._oldest_kept[partition] = latest_ts_s
+
+    def note_prediction(self, partition: int, event_time_s: float) -> None:
+        """A prediction-log entry of the partition now has this event time."""
+        oldest = self._oldest_prediction_kept.get(partition)
+        if oldest is not None and event_time_s < oldest:
+            self._oldest_prediction_kept[partition] = event_time_s
 
     def note_batch(self, partition: int) -> None:
         """The hot path is processing a batch of the partition (so it needs no tick)."""
@@ -219,8 +244,18 @@ class Sweeper:
             return None
         return queue.popitem(last=False)[0]
 
+    def pop_prediction(self, partition: int) -> bytes | None:
+        """The next queued prediction-log key of ``partition``, or None (the hot path checks it again)."""
+        queue = self.queued_predictions.get(partition)
+        if not queue:
+            return None
+        return queue.popitem(last=False)[0]
+
     def has_queued(self, partition: int) -> bool:
-        return bool(self.queued.get(partition))
+        return bool(self.queued.get(partition)) or bool(self.queued_predictions.get(partition))
+
+    def _queued_count(self, partition: int) -> int:
+        return len(self.queued.get(partition, ())) + len(self.queued_predictions.get(partition, ()))
 
     async def tick(self, partition: int) -> bool:
         """Send a tick to ``partition`` (its batch deletes queued users); False if it could not be sent."""
@@ -249,29 +284,43 @@ class Sweeper:
             if db is None:
                 continue
             floor = self._floor(partition, db)
-            if floor is None or floor <= self._oldest_kept.get(partition, -math.inf):
+            if floor is not None and floor <= self._oldest_kept.get(partition, -math.inf):
+                floor = None  # nothing has fallen behind since the last pass
+            prediction_floor = (
+                None if self._prediction_floor is None else self._prediction_floor(partition, db)
+            )
+            if prediction_floor is not None and prediction_floor <= self._oldest_prediction_kept.get(
+                partition, -math.inf
+            ):
+                prediction_floor = None
+            if floor is None and prediction_floor is None:
                 continue  # no stream time yet, or nothing has fallen behind since the last pass
-            done = await self._sweep_partition(partition, db, floor, generation)
+            done = await self._sweep_partition(partition, db, floor, prediction_floor, generation)
             keys += done
             if self._generation != generation:
                 return False
         self.passes += 1
         self.last_pass_s = time.monotonic() - started
         self.last_pass_keys = keys
-        for partition, queue in list(self.queued.items()):
-            if queue and not self._batch_since(partition, started):
+        for partition in sorted(set(self.queued) | set(self.queued_predictions)):
+            if self.has_queued(partition) and not self._batch_since(partition, started):
                 await self.tick(partition)
         return True
 
-    async def _sweep_partition(self, partition: int, db: Any, floor: float, generation: int) -> int:
+    async def _sweep_partition(
+        self, partition: int, db: Any, floor: float | None, prediction_floor: float | None, generation: int
+    ) -> int:
         queue = self.queued.setdefault(partition, OrderedDict())
+        predictions = self.queued_predictions.setdefault(partition, OrderedDict())
         offset_key = self._offset_key()
-        oldest = math.inf
+        oldest = oldest_prediction = math.inf
         last: bytes | None = None
         seen = 0
         while True:
             it = db.iter()
-            if last is None:
+            if last is None and floor is None:
+                it.seek(PREDICTION_PREFIX)  # only the prediction log to look at: it sorts last
+            elif last is None:
                 it.seek_to_first()
             else:
                 it.seek(last)
@@ -282,33 +331,42 @@ class Sweeper:
                 key = it.key()
                 last = key
                 turn += 1
-                if b"\xff" not in key and key != offset_key:  # a head (tables/user_state.py)
-                    latest = head_latest_ts(it.value())
-                    if latest is not None:
-                        if latest < floor:
-                            queue[key.decode("utf-8")] = None
-                        elif latest < oldest:
-                            oldest = latest
+                if b"\xff" not in key:
+                    if floor is not None and key != offset_key:  # a head (tables/user_state.py)
+                        latest = head_latest_ts(it.value())
+                        if latest is not None:
+                            if latest < floor:
+                                queue[key.decode("utf-8")] = None
+                            elif latest < oldest:
+                                oldest = latest
+                elif prediction_floor is not None and key.startswith(PREDICTION_PREFIX):
+                    stamped = logged_event_time(it.value())
+                    if stamped is not None:
+                        if stamped < prediction_floor:
+                            predictions[key] = None
+                        elif stamped < oldest_prediction:
+                            oldest_prediction = stamped
                 it.next()
             seen += turn
             if turn < self.KEYS_PER_TURN:
                 break
             await asyncio.sleep(0)
-            if not await self._wait_for_room(partition, queue, generation, db):
+            if not await self._wait_for_room(partition, generation, db):
                 return seen
-        self._oldest_kept[partition] = oldest
+        if floor is not None:
+            self._oldest_kept[partition] = oldest
+        if prediction_floor is not None:
+            self._oldest_prediction_kept[partition] = oldest_prediction
         return seen
 
-    async def _wait_for_room(
-        self, partition: int, queue: OrderedDict[str, None], generation: int, db: Any
-    ) -> bool:
+    async def _wait_for_room(self, partition: int, generation: int, db: Any) -> bool:
         """Until the hot path has deleted most of a full queue; False if a rebalance came first."""
         since = time.monotonic()
         ticked = False
         while True:
             if self._generation != generation or self._open_dbs().get(partition) is not db:
                 return False
-            if len(queue) < self.MAX_QUEUED:
+            if self._queued_count(partition) < self.MAX_QUEUED:
                 return True
             if not ticked and not self._batch_since(partition, since):
                 ticked = await self.tick(partition)  # no batch is coming: a tick brings one

@@ -39,7 +39,7 @@ from app.faust_ext import (
     store_offset_key,
     uses_rocksdict,
 )
-from app.main import app, settings
+from app.main import app, label_join, settings
 from tables.expiry import TICK_KEY, StreamTimes, Sweeper
 from tables.window import StateWrite, UserWindow, chunk_key, head_key, is_head_key
 
@@ -435,7 +435,7 @@ connect(app.on_partitions_revoked, _recount_after_rebalance)
 connect(app.on_partitions_assigned, _recount_after_rebalance)
 
 
-stream_times = StreamTimes(settings.user_ttl_s)
+stream_times = StreamTimes(settings.user_ttl_s, also_for_predictions=label_join(settings))
 
 
 sweeper = Sweeper(
@@ -443,6 +443,9 @@ sweeper = Sweeper(
     lambda partition, db: stream_times.floor(partition, db.get),
     lambda: store_offset_key(user_state),
     send_tick=lambda partition: send_expiry_tick(partition),
+    prediction_floor=lambda partition, db: stream_times.prediction_floor(
+        partition, db.get, settings.label_wait_s
+    ),
 )
 
 

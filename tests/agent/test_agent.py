@@ -14,10 +14,18 @@ import pytest
 
 from agents import features
 from app.faust_ext import BatchHandler, Consumer
-from app.main import app, dlq_topic, features_topic, predictions_topic, rekey_topic
+from app.main import app, dlq_topic, features_topic, monitoring_topic, predictions_topic, rekey_topic
 from app.scoring import Scorer
+from records.label import LABEL_KEY, Label, carried_label, is_prediction_key, prediction_key
 from tables.expiry import stream_time_key
-from tables.user_state import changelog_topic_name, stream_times, sweeper, user_state, windows
+from tables.user_state import (
+    changelog_topic_name,
+    owner_partition,
+    stream_times,
+    sweeper,
+    user_state,
+    windows,
+)
 
 NOW = time.time()
 
@@ -39,6 +47,7 @@ class Sent:
             rekey_topic.get_topic_name(): "rekey",
             changelog_topic_name(): "changelog",
             predictions_topic.get_topic_name(): "predictions",
+            monitoring_topic.get_topic_name(): "monitoring",
         }
 
     async def send(
@@ -175,9 +184,15 @@ async def test_state_changes_go_to_the_changelog_partition_of_the_input(agent: t
     wrapped, sent = agent
     await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)
     await wrapped.put(tx("c1", user="carol"), key=b"carol", partition=0)  # a duplicate changes nothing
-    ((key, value, partition),) = [c for c in sent.by_topic["changelog"] if c[0] != stream_time_key(0)]
+    changes = [c for c in sent.by_topic["changelog"] if c[0] != stream_time_key(0)]
+    heads = [c for c in changes if not is_prediction_key(c[0])]
+    ((key, value, partition),) = heads
     assert (key, partition) == (b"carol", 0)
     assert isinstance(value, bytes) and value
+    # The logged prediction (SPEC 10 label join) is state of the same partition; the duplicate
+    # logs the same entry again (same score), harmless.
+    logged = [c for c in changes if is_prediction_key(c[0])]
+    assert {(k, p) for k, _, p in logged} == {(prediction_key("c1"), 0)}
     assert [v["transaction_id"] for _, v, _ in sent.by_topic["features"]] == ["c1", "c1"]
 
 
@@ -218,7 +233,8 @@ async def test_a_batch_goes_in_order_and_its_last_offset_is_what_commits(agent: 
         ("e1", 1, 5.0),
         ("e2", 2, 12.0),
     ]
-    assert [(k, p) for k, _, p in sent.by_topic["changelog"]] == [(b"erin", 0), (b"erin", 0)]
+    heads = [(k, p) for k, _, p in sent.by_topic["changelog"] if not is_prediction_key(k)]
+    assert heads == [(b"erin", 0), (b"erin", 0)]
     assert [d["original_offset"] for _, d, _ in sent.by_topic["dlq"]] == [11]
     assert app.processed_through[tp] == 13
     # Faust's commit takes processed + 1, with no per-message acks.
@@ -338,3 +354,61 @@ async def test_a_user_the_sweep_found_is_deleted_by_the_next_batch(
     assert deleted == [b"ttl-gina", b"ttl-gina\xff0", b"ttl-gina\xff1"]  # the head and both chunks
     assert user_state.data.get(b"ttl-gina") is None and user_state.data.get(b"ttl-hal") is not None
     assert sweeper.queued[0] == {}
+
+
+def carried(txid: str, label: int, probe: bool = False) -> bytes:
+    return carried_label(Label(txid, label, NOW), probe=probe)
+
+
+def home(user_key: bytes) -> int:
+    from app.main import settings
+
+    return owner_partition(user_key, settings.topic_partitions)
+
+
+async def carry(partition: int, *values: bytes) -> None:
+    """Labels as the re-keying topic's batch brings them (agents/monitoring.py sends them there)."""
+    from faust.types import TP
+
+    from app.main import settings
+
+    tp = TP(settings.rekey_topic, partition)
+    first = app.processed_through.get(tp, -1) + 1
+    records = [Record(first + i, LABEL_KEY, v) for i, v in enumerate(values)]
+    await batches()({tp: records}, app.consumer_generation_id)
+
+
+async def test_a_label_joins_its_logged_prediction_once(agent: tuple[Any, Sent]) -> None:
+    """SPEC 10: the label meets the prediction logged in its user's partition, which it then deletes."""
+    wrapped, sent = agent
+    with patch.object(features, "scorer", Scorer("count-v1", lambda f: min(1.0, f["tx_count_1h"] / 4))):
+        await wrapped.put(tx("j1", user="judy"), key=b"judy", partition=home(b"judy"))
+        await wrapped.put(tx("j2", user="judy", ts=NOW - 10), key=b"judy", partition=home(b"judy"))
+    ((_, prediction, _), (_, second, _)) = sent.by_topic["predictions"]
+    unmatched = app.metrics.labels["unmatched"]
+    await carry(home(b"judy"), carried("j2", 1), carried("j2", 1), carried("nope", 0))  # again; unknown
+    ((key, joined, partition),) = sent.by_topic["monitoring"]
+    assert (key, partition) == (b"label", 0)  # the monitoring topic has one partition
+    assert (joined["transaction_id"], joined["label"], joined["model_version"]) == ("j2", 1, "count-v1")
+    assert (joined["score"], joined["scored_at"]) == (second["score"], second["scored_at"])
+    assert second["score"] == 0.5 and prediction["score"] == 0.25
+    tombstones = [(k, p) for k, v, p in sent.by_topic["changelog"] if v is None]
+    assert tombstones == [(prediction_key("j2"), home(b"judy"))]
+    assert app.metrics.labels["unmatched"] == unmatched + 2
+    assert "dlq" not in sent.by_topic
+
+
+async def test_a_probe_that_finds_nothing_is_not_counted(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    before = dict(app.metrics.labels)
+    await carry(1, carried("elsewhere", 1, probe=True))
+    assert app.metrics.labels == before
+    assert "monitoring" not in sent.by_topic and "dlq" not in sent.by_topic
+
+
+async def test_without_a_model_nothing_is_logged(agent: tuple[Any, Sent]) -> None:
+    wrapped, sent = agent
+    with patch.object(features, "scorer", None):
+        await wrapped.put(tx("n1", user="nick"), key=b"nick", partition=home(b"nick"))
+    assert sent.by_topic["features"]
+    assert not [k for k, _, _ in sent.by_topic.get("changelog", []) if is_prediction_key(k)]

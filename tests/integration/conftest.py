@@ -102,6 +102,18 @@ class Topics:
         """The test's own predictions topic (the worker creates it)."""
         return self.transactions.replace("tx-", "predictions-", 1)
 
+    @property
+    def labels(self) -> str:
+        return self.transactions.replace("tx-", "labels-", 1)
+
+    @property
+    def feature_drift(self) -> str:
+        return self.transactions.replace("tx-", "feature-drift-", 1)
+
+    @property
+    def pred_drift(self) -> str:
+        return self.transactions.replace("tx-", "pred-drift-", 1)
+
 
 @dataclass
 class Worker:
@@ -225,6 +237,9 @@ def spawn(
             FEATURES_TOPIC=topics.features,
             DLQ_TOPIC=topics.dlq,
             PREDICTIONS_TOPIC=topics.predictions,
+            LABELS_TOPIC=topics.labels,
+            FEATURE_DRIFT_TOPIC=topics.feature_drift,
+            PRED_DRIFT_TOPIC=topics.pred_drift,
             PYTHONUNBUFFERED="1",
         )
         env.update(overrides)

@@ -66,6 +66,16 @@ VARIABLES = {
     "MODEL": "model",
     "PREDICTIONS_TOPIC": "predictions_topic",
     "LABELS_TOPIC": "labels_topic",
+    "LABEL_WAIT_S": "label_wait_s",
+    "FEATURE_DRIFT_TOPIC": "feature_drift_topic",
+    "PRED_DRIFT_TOPIC": "pred_drift_topic",
+    "DRIFT_WINDOW_S": "drift_window_s",
+    "DRIFT_REFERENCE": "drift_reference",
+    "DRIFT_REFERENCE_S": "drift_reference_s",
+    "DRIFT_PSI_WARN": "drift_psi_warn",
+    "DRIFT_MIN_COUNT": "drift_min_count",
+    "DRIFT_FEATURES": "drift_features",
+    "PREDICTION_THRESHOLD": "prediction_threshold",
 }
 
 
@@ -95,6 +105,27 @@ def test_the_fraud_loop_settings() -> None:
     )
     assert load_settings({"SCORING": " OFF "}).scoring is False
     for bad in ({"SCORING": "yes"}, {"MODEL": " "}, {"PREDICTIONS_TOPIC": "a b"}):
+        with pytest.raises(SettingsError):
+            load_settings(bad)
+
+
+def test_the_monitoring_settings() -> None:
+    default = load_settings({})
+    assert default.label_wait_s == 2592000  # SPEC 10
+    assert (default.drift_window_s, default.drift_reference, default.drift_reference_s) == (60, "previous", 86400)
+    assert default.monitoring_topic == "velocity-monitoring"
+    assert "current_amount" in default.drift_features and len(default.drift_features) == 12
+    chosen = load_settings({"DRIFT_FEATURES": "current_amount, tx_count_1h,current_amount"})
+    assert chosen.drift_features == ("current_amount", "tx_count_1h")
+    assert load_settings({"PREDICTION_THRESHOLD": "0.8"}).prediction_threshold == 0.8
+    for bad in (
+        {"DRIFT_FEATURES": "amount"},
+        {"DRIFT_FEATURES": " , "},
+        {"PREDICTION_THRESHOLD": "1.5"},
+        {"DRIFT_WINDOW_S": "0"},
+        {"LABEL_WAIT_S": "-1"},
+        {"DRIFT_MIN_COUNT": "0"},
+    ):
         with pytest.raises(SettingsError):
             load_settings(bad)
 

@@ -399,7 +399,7 @@ async def test_a_label_joins_its_logged_prediction_once(agent: tuple[Any, Sent])
 
 
 async def test_a_probe_that_finds_nothing_is_not_counted(agent: tuple[Any, Sent]) -> None:
-    wrapped, sent = agent
+    _, sent = agent
     before = dict(app.metrics.labels)
     await carry(1, carried("elsewhere", 1, probe=True))
     assert app.metrics.labels == before

@@ -112,7 +112,11 @@ def test_the_fraud_loop_settings() -> None:
 def test_the_monitoring_settings() -> None:
     default = load_settings({})
     assert default.label_wait_s == 2592000  # SPEC 10
-    assert (default.drift_window_s, default.drift_reference, default.drift_reference_s) == (60, "previous", 86400)
+    assert (default.drift_window_s, default.drift_reference, default.drift_reference_s) == (
+        60,
+        "previous",
+        86400,
+    )
     assert default.monitoring_topic == "velocity-monitoring"
     assert "current_amount" in default.drift_features and len(default.drift_features) == 12
     chosen = load_settings({"DRIFT_FEATURES": "current_amount, tx_count_1h,current_amount"})

@@ -83,8 +83,8 @@ def prediction_key(transaction_id: str) -> bytes:
     return PREDICTION_PREFIX + transaction_id.encode("utf-8")
 
 
-def is_prediction_key(key: bytes) -> bool:
-    return key.startswith(PREDICTION_PREFIX)
+def is_prediction_key(key: bytes | None) -> bool:
+    return key is not None and key.startswith(PREDICTION_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

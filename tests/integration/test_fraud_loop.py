@@ -176,7 +176,7 @@ async def test_a_prediction_not_labelled_within_label_wait_is_forgotten(topics: 
     home = partition_of("old-user", topics.partitions)
     newer = next(u for u in (f"new-{i}" for i in range(1000)) if partition_of(u, topics.partitions) == home)
     now = time.time()
-    sent = [
+    sent: list[tuple[bytes | None, bytes, int | None]] = [
         (b"old-user", transaction("old-user", 10.0, ts=now - 3000), None),
         (newer.encode(), transaction(newer, 12.0, ts=now), None),  # the partition's stream time moves on
     ]
@@ -185,7 +185,7 @@ async def test_a_prediction_not_labelled_within_label_wait_is_forgotten(topics: 
         lambda: worker.stats()["predictions_expired_total"] >= 1 or None, 60, "the old prediction to expire"
     )
     old_id, new_id = (orjson.loads(v)["transaction_id"] for _, v, _ in sent)
-    labels = [
+    labels: list[tuple[bytes | None, bytes, int | None]] = [
         (b"old-user", orjson.dumps({"transaction_id": old_id, "label": 1, "labeled_at": now}), None),
         (newer.encode(), orjson.dumps({"transaction_id": new_id, "label": 0, "labeled_at": now}), None),
     ]

@@ -24,6 +24,10 @@ from faust.cli import option
 
 from app.main import app
 from app.scoring import INPUTS, LogisticModel, model_inputs
+from app.settings import DRIFT_FEATURES
+from app.sketch import Sketch
+
+PROFILE_FORMAT = "velocity-drift-profile-v1"
 
 #: Rows without a label are legitimate: a chargeback-driven feed reports fraud only.
 UNLABELLED_AS = 0
@@ -104,6 +108,35 @@ def fit(rows: list[dict[str, Any]], test_share: float, seed: int = 7) -> tuple[L
     return model, figures
 
 
+def profile(rows: list[dict[str, Any]], model: LogisticModel, source: str) -> dict[str, Any]:
+    """A frozen drift reference (``DRIFT_REFERENCE=<file>``): every feature's and the score's sketch on ``rows``."""
+    features: dict[str, Any] = {}
+    for name in DRIFT_FEATURES:
+        sketch = Sketch()
+        sketch.add_many([r.get(name) for r in rows])
+        features[name] = sketch.to_dict()
+    score = Sketch()
+    score.add_many([model.score(r) for r in rows])
+    return {
+        "format": PROFILE_FORMAT,
+        "source": source,
+        "rows": len(rows),
+        "model_version": model.version,
+        "features": features,
+        "score": score.to_dict(),
+    }
+
+
+def _write_atomically(path: str, body: bytes) -> None:
+    out = Path(path)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        partial.write_bytes(body)
+        partial.replace(out)
+    except OSError as exc:
+        raise SystemExit(f"train: cannot write {path!r}: {exc.strerror}") from None
+
+
 @app.command(
     option("--input", "input_path", type=str, required=True, help="An export with labels (.parquet/.csv)."),
     option("--output", type=str, required=True, help="The model file to write (JSON); MODEL=<it> loads it."),
@@ -114,8 +147,15 @@ def fit(rows: list[dict[str, Any]], test_share: float, seed: int = 7) -> tuple[L
         show_default=True,
         help="Latest share of the rows held out for the printed figures.",
     ),
+    option(
+        "--profile",
+        "profile_path",
+        type=str,
+        default=None,
+        help="Also write a drift profile of the rows (features and score; DRIFT_REFERENCE=<it> uses it).",
+    ),
 )
-async def train(self: Any, input_path: str, output: str, test_share: float) -> None:
+async def train(self: Any, input_path: str, output: str, test_share: float, profile_path: str | None) -> None:
     """Train the logistic fraud model on a training-set export (unlabelled rows count as legitimate)."""
     started = time.monotonic()
     if not 0.0 <= test_share < 1.0:
@@ -127,12 +167,11 @@ async def train(self: Any, input_path: str, output: str, test_share: float) -> N
         model, figures = fit(rows, test_share)
     except TrainError as exc:
         raise SystemExit(f"train: {exc}") from None
-    out = Path(output)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        partial.write_bytes(model.to_json(trained_on=input_path, figures=figures))
-        partial.replace(out)
-    except OSError as exc:
-        raise SystemExit(f"train: cannot write {output!r}: {exc.strerror}") from None
+    _write_atomically(output, model.to_json(trained_on=input_path, figures=figures))
+    if profile_path:
+        import orjson
+
+        _write_atomically(profile_path, orjson.dumps(profile(rows, model, input_path)))
     shown = ", ".join(f"{k} {v}" for k, v in figures.items())
-    self.say(f"train: model {model.version} to {output} in {time.monotonic() - started:.1f}s; {shown}")
+    also = f" and its drift profile to {profile_path}" if profile_path else ""
+    self.say(f"train: model {model.version} to {output}{also} in {time.monotonic() - started:.1f}s; {shown}")

@@ -97,6 +97,7 @@ SCENARIOS = {
     "heavy": "catch-up with one heavy user mixed in, over the uniform rate",
     "exactly_once": "catch-up under PROCESSING_GUARANTEE=exactly_once",
     "scoring_off": "catch-up with SCORING=off (the velocity scenario scores every record)",
+    "label_log_off": "catch-up with LABEL_WAIT_S=0: scoring, no prediction log for the label join",
     "two_workers": "catch-up by two workers of one app (same stream), over one worker's",
     "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
     "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
@@ -111,7 +112,7 @@ SCENARIOS = {
 # rolling_restart starts two more workers and restarts them (about a minute at any size), which
 # would not fit bench-quick's 5 minutes.
 ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
-NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "scoring_off", "two_workers"}
+NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "scoring_off", "label_log_off", "two_workers"}
 NEEDS_STREAM = set(SCENARIOS) - {"rolling_restart", "rocksdb_bindings"}
 Membership = Literal["dynamic", "static"]
 
@@ -516,6 +517,22 @@ class Run:
         if rate and scored:
             self.details["velocity_scoring_off"]["scoring_on_vs_off"] = scored / rate
 
+    def label_log_off(self) -> None:
+        """Velocity's catch-up with LABEL_WAIT_S=0 (scoring on, no prediction log): what the log costs."""
+        proc, rate = self.catchup_worker(
+            "velocity_label_log_off",
+            f"bench-nolog-{self.tag}",
+            self.input,
+            f"bench-out-nolog-{self.tag}",
+            len(self.stream),
+            "at_least_once",
+            LABEL_WAIT_S="0",
+        )
+        proc.stop()
+        logged = self.throughput["velocity"]
+        if rate and logged:
+            self.details["velocity_label_log_off"]["label_log_on_vs_off"] = logged / rate
+
     def two_workers(self) -> None:
         """Two workers of one new app id catch up on the same stream, started together."""
         app_id, output = f"bench-two-{self.tag}", f"bench-out-two-{self.tag}"
@@ -664,6 +681,7 @@ class Run:
             "heavy": lambda: out.update(heavy_user_ratio=self.heavy()),
             "exactly_once": self.exactly_once,
             "scoring_off": self.scoring_off,
+            "label_log_off": self.label_log_off,
             "two_workers": self.two_workers,
             "catchup": self.catchup,
             "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
@@ -720,6 +738,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
     noscore = details.get("velocity_scoring_off", {})
+    nolog = details.get("velocity_label_log_off", {})
     two = details.get("two_workers", {})
     warm = details.get("recovery", {}).get("warm") or {}
     replayed = (warm.get("last_recovery") or {}).get("records", 0) if warm else None
@@ -787,6 +806,11 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "scoring_off",
             f"| Velocity catch-up with SCORING=off | {fmt_int(noscore.get('tx_s'), ' tx/s')} "
             f"(scoring on runs at {fmt_ratio(noscore.get('scoring_on_vs_off'))} of it) |",
+        ),
+        (
+            "label_log_off",
+            f"| Velocity catch-up with LABEL_WAIT_S=0 (no prediction log) | {fmt_int(nolog.get('tx_s'), ' tx/s')} "
+            f"(with the log: {fmt_ratio(nolog.get('label_log_on_vs_off'))} of it) |",
         ),
         (
             "two_workers",

@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 port="${WEB_PORT:-6066}"
 export BROKER_URL="${BROKER_URL:-kafka://localhost:${KAFKA_PORT:-9092}}"
+# Drift in windows of 10 s against the previous minute (production: a minute against the previous
+# day), so that the drift the simulator injects after 150 s shows on the page within the run; the
+# amount features only (with the score): a fresh run's counts and sums grow all through it (README).
+export DRIFT_WINDOW_S="${DRIFT_WINDOW_S:-10}" DRIFT_REFERENCE_S="${DRIFT_REFERENCE_S:-60}"
+export DRIFT_FEATURES="${DRIFT_FEATURES:-current_amount,avg_amount_1h,avg_amount_24h,amount_zscore_24h}"
 mkdir -p data
 log=data/demo-worker.log
 
@@ -39,8 +44,24 @@ demo: worker ready. Look at:
   http://localhost:$port/features/heavy-00?at=\$(date +%s)   the same "as of now"
   http://localhost:$port/ready  /health
   output topics: ml-features (features), predictions.fraud (a fraud score per record),
-                 labels.fraud-feedback (the simulator's fraud labels), transactions-dlq (dead letters)
+                 labels.fraud-feedback (the simulator's labels, 20 s late), transactions-dlq (dead letters),
+                 monitoring.feature-drift, monitoring.pred-drift (drift and online model quality)
+  the fraud loop on the page: model quality as labels arrive; from 150 s, amounts x3 for half
+  of the users: drift alerts on the amount features
 MSG
-"$bin/faust" -A app simulate --duration 120 "$@"
+"$bin/faust" -A app simulate --duration 240 --drift-at 150 --drift-segment 0.5 --label-delay 20 "$@"
 echo "demo: traffic done; latest features of heavy-00:"
 curl -fsS "http://localhost:$port/features/heavy-00"; echo
+echo "demo: the fraud loop (from /stats):"
+stats=$(curl -fsS "http://localhost:$port/stats")
+"$bin/python" - "$stats" <<'PY'
+import json, sys
+c = json.loads(sys.argv[1])["cluster"]
+for version, q in c["model_quality"].items():
+    print(f"  model {version}: {q['labelled']} labelled ({q['positives']} fraud), "
+          f"precision {q['precision']}, recall {q['recall']}, AUC {q['auc']}")
+print(f"  labels {c['labels']}; drift alerts since start: {c['drift_warnings_total']}")
+for name, r in c["drift"].items():
+    psi = "no reference" if r["psi"] is None else f"{r['psi']:.3f}"
+    print(f"  {name:<40} PSI {psi:>12}  alerts {r['warnings_total']}")
+PY

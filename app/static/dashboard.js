@@ -86,6 +86,7 @@
       $("k-model").textContent = (c.model_versions && c.model_versions.length ? "model " + c.model_versions.join(", ") : "scoring off")
         + (c.scoring_failures_total ? "; " + fmtInt(c.scoring_failures_total) + " failed" : "");
       $("k-pred").parentElement.classList.toggle("warn", !!c.scoring_failures_total);
+      loop(c);
       const label = (l) => (l.topic.endsWith("-rekeyed") ? "re-key hop" : l.topic) + " [" + l.partition + "]";
       bars($("lag"), c.lag.filter((l) => !l.topic.endsWith("-rekeyed") || l.messages > 0).map((l) => [label(l), l.messages]));
       bars($("dlq"), Object.entries(c.dead_letters), "bad");
@@ -98,6 +99,44 @@
       $("status").textContent = "no answer from the worker";
       $("status").className = "pill pill-bad";
     }
+  }
+
+  function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
+  function num(v, digits) { return v == null ? "–" : v.toFixed(digits); }
+  function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+
+  // The fraud loop: online quality per model version, drift per feature (SPEC 10).
+  function loop(c) {
+    const quality = c.model_quality || {};
+    const qrows = Object.entries(quality).map(([version, q]) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(version), cell(fmtInt(q.labelled || 0)), cell(fmtInt(q.positives || 0)),
+        cell(num(q.precision, 3)), cell(num(q.recall, 3)), cell(num(q.auc, 3)));
+      return tr;
+    });
+    $("quality").tBodies[0].replaceChildren(...qrows);
+    const l = c.labels || {};
+    $("labels").textContent = (l.joined || l.unmatched || l.invalid)
+      ? "labels: " + fmtInt(l.joined || 0) + " joined, " + fmtInt(l.unmatched || 0) + " without a logged prediction, "
+        + fmtInt(l.invalid || 0) + " invalid (dead letters); predictions unlabelled after LABEL_WAIT_S: " + fmtInt(c.predictions_expired_total || 0)
+      : "no labels yet";
+    const drift = Object.values(c.drift || {});
+    const drows = drift.map((r) => {
+      const tr = document.createElement("tr");
+      if (r.warning) tr.className = "alert";
+      const name = r.model_version ? "score (" + r.model_version + ")" : r.feature;
+      tr.append(cell(name), cell(clock(r.window_start)), cell(fmtInt(r.count + r.nulls)),
+        cell(r.quantiles && r.quantiles.p50 != null ? num(r.quantiles.p50, 2) : "–"),
+        cell(r.psi == null ? "no reference" : num(r.psi, 3)), cell(fmtInt(r.warnings_total || 0)));
+      return tr;
+    });
+    $("drift").tBodies[0].replaceChildren(...drows);
+    const alerting = drift.filter((r) => r.warning).map((r) => r.model_version ? "score" : r.feature);
+    const note = $("drift-note");
+    note.className = alerting.length ? "error" : "muted";
+    note.textContent = !drift.length ? "no window published yet"
+      : alerting.length ? "drift alert: " + alerting.join(", ") + " (PSI ≥ " + drift[0].threshold + ")"
+      : fmtInt(c.drift_warnings_total || 0) + " drift alerts since start; none in the last window";
   }
 
   const FIELDS = ["transaction_id", "event_time", "as_of", "tx_count_1h", "tx_count_24h", "total_amount_1h", "total_amount_24h",

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from app.drift import DriftAggregator, load_reference
 from app.scoring import INPUTS, LogisticModel, ModelError, load_scorer, model_inputs, prediction_value
-from app.train import TrainError, fit
+from app.train import TrainError, fit, profile
+from records.errors import SettingsError
 
 
 def record(rng: random.Random, fraud: bool) -> dict[str, Any]:
@@ -140,3 +143,45 @@ def test_the_prediction_record() -> None:
         "features_at": 10.5,
         "scored_at": 11.0,
     }
+
+
+def test_a_training_profile_is_a_frozen_drift_reference(tmp_path: Path) -> None:
+    """``train --profile``: the training rows' sketches, which DRIFT_REFERENCE=<file> compares with."""
+    rng = random.Random(9)
+    rows = [record(rng, rng.random() < 0.05) | {"label": None} for _ in range(4000)]
+    for r in rows[:200]:
+        r["label"] = 1 if r["unique_merchants_1h"] > 1 else 0
+    rows[0]["label"] = 1
+    model, _ = fit(rows, test_share=0.0)
+    path = tmp_path / "profile.json"
+    path.write_bytes(orjson.dumps(profile(rows, model, "export.parquet")))
+    reference = load_reference(str(path), 86400)
+    assert reference.profile is not None
+    assert reference.profile["current_amount"].count == len(rows)
+    assert reference.profile["seconds_since_last_tx"].nulls == sum(
+        r["seconds_since_last_tx"] is None for r in rows
+    )
+    assert reference.profile["score"].count == len(rows)
+    aggregator = DriftAggregator({}, reference, psi_warn=0.2, min_count=100, label_wait_s=1e6, threshold=0.5)
+
+    def window(start: float, factor: float) -> dict[str, Any]:
+        fresh = [record(rng, rng.random() < 0.05) for _ in range(2000)]
+        from app.sketch import Sketch
+
+        amounts = Sketch()
+        amounts.add_many([r["current_amount"] * factor for r in fresh])
+        return {
+            "window_start": start,
+            "window_s": 60.0,
+            "features": {"current_amount": amounts.to_dict()},
+            "scores": {},
+        }
+
+    assert aggregator.on_partial(window(0.0, 1.0)) == []  # published when a later window begins
+    ((_, _, same),) = aggregator.on_partial(window(60.0, 3.0))  # window 0
+    ((_, _, shifted),) = aggregator.on_partial(window(120.0, 1.0))  # window 60
+    assert same["reference"] == {"kind": "profile", "path": str(path), "count": len(rows)}
+    assert same["psi"] < 0.1 and not same["warning"]
+    assert shifted["psi"] > 0.25 and shifted["warning"]
+    with pytest.raises(SettingsError, match="DRIFT_REFERENCE"):
+        load_reference(str(tmp_path / "missing.json"), 86400)

@@ -102,6 +102,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert result["heavy_user_ratio"] > 0
     assert result["details"]["velocity_exactly_once"]["tx_s"] > 0
     assert result["details"]["velocity_scoring_off"]["scoring_on_vs_off"] > 0
+    assert result["details"]["velocity_label_log_off"]["label_log_on_vs_off"] > 0
     two = result["details"]["two_workers"]
     # At-least-once: the rebalance between the two may redo some records.
     assert two["records"] >= two["expected"] and two["vs_one_worker"] > 0, two

@@ -479,16 +479,21 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
         work.outbox.add(features_topic_name, work.partition, user_key, features.encode())
     else:
         await publish(work, features_topic, user_key, features.encode())
-    score = None if scorer is None else await publish_prediction(work, outcome.features, user_key)
-    if outcome.verdict == "accepted":  # a duplicate's record is one drift has seen already
+    accepted = outcome.verdict == "accepted"
+    score = None if scorer is None else await publish_prediction(work, outcome.features, user_key, accepted)
+    if accepted:  # a duplicate's record is one drift has seen already
         drift_observer.observe(outcome.features, score, None if scorer is None else scorer.version)
 
 
-async def publish_prediction(work: PartitionWork, features: dict[str, Any], user_key: bytes) -> float | None:
+async def publish_prediction(
+    work: PartitionWork, features: dict[str, Any], user_key: bytes, log_it: bool = True
+) -> float | None:
     """SPEC 10: the record's fraud score, in the same batch (and transaction) as the record itself.
 
-    With the label join on, the prediction is also logged in the partition's
-    store and changelog (records/label.py), in the same write batch.
+    With the label join on, the prediction of an accepted transaction is also
+    logged in the partition's store and changelog (records/label.py), in the
+    same write batch; a duplicate's is not (its transaction may be labelled
+    already: a second entry would wait for a second label).
     """
     assert scorer is not None
     try:
@@ -508,7 +513,7 @@ async def publish_prediction(work: PartitionWork, features: dict[str, Any], user
         await publish(work, predictions_topic, user_key, value)
     app.metrics.on_prediction()
     transaction_id = features["transaction_id"]
-    if LOG_PREDICTIONS and transaction_id is not None:
+    if LOG_PREDICTIONS and log_it and transaction_id is not None:
         event_time = features["event_time"]
         key = prediction_key(transaction_id)
         entry = LoggedPrediction(score, scorer.version, event_time, scored_at).encode()

@@ -38,7 +38,7 @@ from app.main import (
     settings,
 )
 from app.readiness import is_ready
-from records.errors import RejectedMessage
+from records.errors import ProcessingError, RejectedMessage
 from records.label import LABEL_KEY, carried_label, parse_label
 from tables.monitoring import aggregator, observer
 from tables.user_state import owner_partition
@@ -58,6 +58,11 @@ async def route_label(
         label = parse_label(value)
     except RejectedMessage as exc:
         await send_dead_letter(work, origin, exc.error_type, exc.message)
+        app.metrics.on_label("invalid")
+        return
+    except Exception as exc:
+        log.exception("label %s[%s]@%s could not be read", topic, partition, offset)
+        await send_dead_letter(work, origin, ProcessingError.error_type, f"{type(exc).__name__}: {exc}")
         app.metrics.on_label("invalid")
         return
     if key:

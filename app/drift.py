@@ -38,8 +38,9 @@ HOUR_S = 3600.0
 HOURS_LISTED = 24
 
 
-def window_start(t: float, window_s: float) -> float:
-    return math.floor(t / window_s) * window_s
+def window_start(t: float, window_s: float, back: int = 0) -> float:
+    """Start of the window holding ``t`` (``back`` windows earlier): one formula, so starts compare equal."""
+    return (math.floor(t / window_s) - back) * window_s
 
 
 class DriftObserver:
@@ -83,7 +84,7 @@ class DriftObserver:
         if self._window is not None and self._window < current:
             self._close(None)
         out, self._finished = self._finished, []
-        last_ended = current - self.window_s
+        last_ended = window_start(now, self.window_s, back=1)
         if not any(p["window_start"] == last_ended for p in out) and (
             self._last_sent is None or self._last_sent < last_ended
         ):
@@ -236,7 +237,7 @@ class DriftAggregator:
     def on_label(self, joined: Mapping[str, Any]) -> None:
         version = str(joined["model_version"])
         hour = window_start(float(joined["scored_at"]), HOUR_S)
-        key = f"q|{version}|{hour!r}"
+        key = f"q|{hour!r}|{version}"  # the version last: it may hold any character
         raw = self._get(key)
         quality = ScoreQuality() if raw is None else ScoreQuality.from_dict(raw)
         quality.add(float(joined["score"]), int(joined["label"]))
@@ -303,9 +304,9 @@ class DriftAggregator:
         """Online quality of a model version's labelled predictions: totals and the last hours."""
         total = ScoreQuality()
         hours: list[dict[str, Any]] = []
-        prefix = f"q|{version}|"
-        for key in sorted(k for k in list(self.state.keys()) if k.startswith(prefix)):
-            hour = float(key[len(prefix) :])
+        for hour, key in sorted(
+            (float(k.split("|", 2)[1]), k) for k in self._quality_keys() if k.split("|", 2)[2] == version
+        ):
             q = ScoreQuality.from_dict(self._get(key))
             total.merge(q)
             if hour >= now - HOURS_LISTED * HOUR_S:
@@ -320,9 +321,12 @@ class DriftAggregator:
                 if float(key.rsplit("|", 1)[1]) < keep_from:
                     del self.state[key]
         oldest_hour = now - self.label_wait_s - HOUR_S
-        for key in [k for k in list(self.state.keys()) if k.startswith("q|")]:
-            if float(key.rsplit("|", 1)[1]) < oldest_hour:
+        for key in self._quality_keys():
+            if float(key.split("|", 2)[1]) < oldest_hour:
                 del self.state[key]
 
+    def _quality_keys(self) -> list[str]:
+        return [k for k in list(self.state.keys()) if k.startswith("q|")]
+
     def versions(self) -> list[str]:
-        return sorted({k.split("|")[1] for k in list(self.state.keys()) if k.startswith("q|")})
+        return sorted({k.split("|", 2)[2] for k in self._quality_keys()})

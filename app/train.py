@@ -109,7 +109,7 @@ def fit(rows: list[dict[str, Any]], test_share: float, seed: int = 7) -> tuple[L
 
 
 def profile(rows: list[dict[str, Any]], model: LogisticModel, source: str) -> dict[str, Any]:
-    """A frozen drift reference (``DRIFT_REFERENCE=<file>``): every feature's and the score's sketch on ``rows``."""
+    """A frozen drift reference (``DRIFT_REFERENCE=<file>``): sketches of the features and score."""
     features: dict[str, Any] = {}
     for name in DRIFT_FEATURES:
         sketch = Sketch()

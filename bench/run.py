@@ -112,7 +112,15 @@ SCENARIOS = {
 # rolling_restart starts two more workers and restarts them (about a minute at any size), which
 # would not fit bench-quick's 5 minutes.
 ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
-NEEDS_VELOCITY = {"steady", "recovery", "heavy", "exactly_once", "scoring_off", "label_log_off", "two_workers"}
+NEEDS_VELOCITY = {
+    "steady",
+    "recovery",
+    "heavy",
+    "exactly_once",
+    "scoring_off",
+    "label_log_off",
+    "two_workers",
+}
 NEEDS_STREAM = set(SCENARIOS) - {"rolling_restart", "rocksdb_bindings"}
 Membership = Literal["dynamic", "static"]
 
@@ -809,7 +817,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         ),
         (
             "label_log_off",
-            f"| Velocity catch-up with LABEL_WAIT_S=0 (no prediction log) | {fmt_int(nolog.get('tx_s'), ' tx/s')} "
+            "| Velocity catch-up with LABEL_WAIT_S=0 (no prediction log) | "
+            f"{fmt_int(nolog.get('tx_s'), ' tx/s')} "
             f"(with the log: {fmt_ratio(nolog.get('label_log_on_vs_off'))} of it) |",
         ),
         (

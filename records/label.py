@@ -51,10 +51,15 @@ def parse_label(raw: bytes | None) -> Label:
     else:
         label = int(value)
     labeled_at = _number(obj, "labeled_at", errors)
+    at = 0.0
+    if labeled_at is not None:
+        try:
+            at = float(labeled_at)  # an int may be too large for a float
+        except OverflowError:
+            errors.append("labeled_at: must be finite")
     if errors:
         raise ValidationError("; ".join(errors))
-    assert labeled_at is not None
-    return Label(transaction_id, label, float(labeled_at))
+    return Label(transaction_id, label, at)
 
 
 def carried_label(label: Label, probe: bool) -> bytes:

@@ -117,8 +117,9 @@ def binned_quality(pairs: list[tuple[float, int]], threshold: float) -> dict[str
     }
 
 
-async def test_labels_join_their_predictions_keyed_or_not(topics: Topics, spawn: Any) -> None:
-    worker = spawn(DRIFT_WINDOW_S="1", PREDICTION_THRESHOLD="0.5")
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_labels_join_their_predictions_keyed_or_not(topics: Topics, spawn: Any, guarantee: str) -> None:
+    worker = spawn(DRIFT_WINDOW_S="1", PREDICTION_THRESHOLD="0.5", PROCESSING_GUARANTEE=guarantee)
     worker.wait_ready()
     rng = random.Random(3)
     users = [f"lab-{i:03d}" for i in range(40)]

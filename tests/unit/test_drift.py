@@ -3,8 +3,8 @@
 Expectations are derived from the inputs alone: counts, nulls, min and max by
 direct counting; PSI only by its properties (identical windows give 0, a
 shifted window is far above the warning level, nothing is compared before there
-is a reference); online quality by direct counts at a bin-aligned threshold and
-scikit-learn's AUC on scores at score-bin centres (where binning loses nothing).
+is a reference); online quality by direct counts at a bin-aligned threshold and a
+brute-force pairwise AUC on scores at score-bin centres (where binning loses nothing).
 Times are realistic epochs (BASE is a multiple of an hour), windows of 60 s,
 reference periods of 600 s.
 """
@@ -22,7 +22,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import roc_auc_score
 
 from app.drift import HOUR_S, DriftAggregator, DriftObserver, Reference, load_reference, window_start
 from app.sketch import SCORE_BINS, Sketch
@@ -107,7 +106,7 @@ def feed(agg: DriftAggregator, partials: Sequence[dict[str, Any]]) -> Output:
 
 
 def uniform(seed: int, low: float, high: float, n: int) -> list[float]:
-    return np.random.default_rng(seed).uniform(low, high, n).tolist()
+    return [float(x) for x in np.random.default_rng(seed).uniform(low, high, n)]
 
 
 # --------------------------------------------------------------------------- window_start
@@ -125,7 +124,9 @@ def test_window_start_is_the_multiple_of_the_window_at_or_below(k: int, hundredt
 
 values = st.one_of(st.floats(min_value=-1e6, max_value=1e6), st.none(), st.just(math.nan))
 observations = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=5), st.integers(min_value=0, max_value=5999), values, values),
+    st.tuples(
+        st.integers(min_value=0, max_value=5), st.integers(min_value=0, max_value=5999), values, values
+    ),
     max_size=80,
 )
 
@@ -136,7 +137,9 @@ def test_observer_puts_each_record_in_its_window(rows: list[tuple[int, int, Any,
     observer = DriftObserver(features=FEATURES, window_s=WINDOW_S)
     rows = sorted(rows, key=lambda r: (r[0], r[1]))  # processing time only moves on
     for k, hundredths, amount, count in rows:
-        observer.observe({"computed_at": w(k) + hundredths / 100, "amount": amount, "count_1h": count}, None, None)
+        observer.observe(
+            {"computed_at": w(k) + hundredths / 100, "amount": amount, "count_1h": count}, None, None
+        )
     partials = observer.take_finished(w(7) + 1.0)
 
     windows = sorted({k for k, *_ in rows})
@@ -165,8 +168,8 @@ def test_observer_folds_many_records_of_one_window() -> None:
         observer.observe({"computed_at": w(0) + i * 50.0 / n, "amount": amount, "count_1h": i}, 0.5, "v1")
     (p, empty) = observer.take_finished(w(2))
     assert p["window_start"] == w(0) and p["count"] == n
-    amount = Sketch.from_dict(p["features"]["amount"])
-    assert (amount.count, amount.min, amount.max) == (n, min(amounts), max(amounts))
+    sketch = Sketch.from_dict(p["features"]["amount"])
+    assert (sketch.count, sketch.min, sketch.max) == (n, min(amounts), max(amounts))
     assert Sketch.from_dict(p["features"]["count_1h"]).max == n - 1
     assert Sketch.from_dict(p["scores"]["v1"]).count == n
     assert (empty["window_start"], empty["count"]) == (w(1), 0)
@@ -191,7 +194,12 @@ def test_scores_go_into_per_model_version_sketches() -> None:
     for version in ("v1", "model 2 with spaces"):
         scores = [s for s, v in given_scores if v == version and s is not None]
         sketch = Sketch.from_dict(p["scores"][version])
-        assert (sketch.count, sketch.nulls, sketch.min, sketch.max) == (len(scores), 0, min(scores), max(scores))
+        assert (sketch.count, sketch.nulls, sketch.min, sketch.max) == (
+            len(scores),
+            0,
+            min(scores),
+            max(scores),
+        )
 
 
 def test_take_finished_sends_each_window_once_and_an_empty_partial_when_idle() -> None:
@@ -284,7 +292,9 @@ def test_a_partial_sent_twice_is_merged_once_even_across_a_restart() -> None:
     st.lists(st.lists(st.floats(min_value=-1e3, max_value=1e3), max_size=20), min_size=1, max_size=4),
     st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=12),
 )
-def test_merged_counts_are_the_sum_over_distinct_sources(per_source: list[list[float]], sends: list[int]) -> None:
+def test_merged_counts_are_the_sum_over_distinct_sources(
+    per_source: list[list[float]], sends: list[int]
+) -> None:
     agg = aggregator()
     sent = [i % len(per_source) for i in sends]
     for i in sent:
@@ -393,7 +403,10 @@ def test_a_window_like_its_reference_period_has_psi_zero(xs: list[float | None])
 
 def test_min_count_suppresses_warnings_and_counts_nulls() -> None:
     reference = uniform(8, 10.0, 100.0, 400)
-    shifted: list[float | None] = [*uniform(9, 1000.0, 5000.0, 40), *[None] * 10]  # 50 values, 10 of them null
+    shifted: list[float | None] = [
+        *uniform(9, 1000.0, 5000.0, 40),
+        *[None] * 10,
+    ]  # 50 values, 10 of them null
     for min_count, warns in ((51, False), (50, True), (1, True)):
         agg = aggregator(min_count=min_count)
         feed(agg, [partial(w(0), {"amount": reference}), partial(w(10), {"amount": shifted})])
@@ -474,7 +487,11 @@ def test_a_profile_is_the_reference_of_every_window(tmp_path: Path) -> None:
     out = feed(
         agg,
         [
-            partial(w(0), {"amount": amounts, "count_1h": [1.0, 2.0]}, {"v1": scores, "v2": uniform(16, 0.7, 1, 99)}),
+            partial(
+                w(0),
+                {"amount": amounts, "count_1h": [1.0, 2.0]},
+                {"v1": scores, "v2": uniform(16, 0.7, 1, 99)},
+            ),
             partial(w(1), {"amount": [x * 10 for x in amounts]}),
             partial(w(2)),
         ],
@@ -553,7 +570,11 @@ def test_a_missing_or_unreadable_profile_is_a_settings_error(tmp_path: Path) -> 
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=12,
 )
@@ -596,6 +617,13 @@ def labelled_predictions(seed: int, n: int) -> list[tuple[float, int]]:
     return [(bin_centre(int(b)), int(y)) for b, y in zip(bins, labels, strict=True)]
 
 
+def pairwise_auc(pairs: Sequence[tuple[float, int]]) -> float:
+    """P(a fraud scores above a non-fraud), ties 1/2: over every (fraud, non-fraud) pair, by brute force."""
+    frauds = np.array([s for s, y in pairs if y == 1])[:, None]
+    others = np.array([s for s, y in pairs if y == 0])[None, :]
+    return float(np.mean((frauds > others) + 0.5 * (frauds == others)))
+
+
 def expected_quality(pairs: Sequence[tuple[float, int]]) -> dict[str, Any]:
     flagged = [y for s, y in pairs if s >= THRESHOLD]
     positives = sum(y for _, y in pairs)
@@ -605,7 +633,7 @@ def expected_quality(pairs: Sequence[tuple[float, int]]) -> dict[str, Any]:
         "positives": positives,
         "precision": sum(flagged) / len(flagged) if flagged else None,
         "recall": sum(flagged) / positives if positives else None,
-        "auc": float(roc_auc_score([y for _, y in pairs], [s for s, _ in pairs])) if len(labels) == 2 else None,
+        "auc": pairwise_auc(pairs) if len(labels) == 2 else None,
     }
 
 
@@ -620,7 +648,9 @@ def assert_quality(record: Mapping[str, Any], want: Mapping[str, Any]) -> None:
 
 def label_for(version: str, scored_at: float, score: float, label: int) -> dict[str, Any]:
     """What a partition sends the aggregator for a joined label (through the real record functions)."""
-    prediction = LoggedPrediction(score=score, model_version=version, event_time=scored_at - 1, scored_at=scored_at)
+    prediction = LoggedPrediction(
+        score=score, model_version=version, event_time=scored_at - 1, scored_at=scored_at
+    )
     joined: dict[str, Any] = orjson.loads(
         orjson.dumps(joined_label(Label("t", label, scored_at + 600), prediction, "t"))
     )
@@ -662,7 +692,12 @@ def test_online_quality_per_model_version_and_hour() -> None:
 
 def test_quality_at_a_threshold_between_bins_rounds_up_to_the_bin_grid() -> None:
     agg = DriftAggregator(
-        {}, Reference("previous", PERIOD_S), psi_warn=PSI_WARN, min_count=1, label_wait_s=86400.0, threshold=0.501
+        {},
+        Reference("previous", PERIOD_S),
+        psi_warn=PSI_WARN,
+        min_count=1,
+        label_wait_s=86400.0,
+        threshold=0.501,
     )
     pairs = [(bin_centre(100), 1), (bin_centre(100), 0), (bin_centre(101), 1), (bin_centre(150), 0)]
     for score, label in pairs:  # bin 100 is [0.5, 0.505): below a threshold of 0.501 at bin resolution
@@ -691,12 +726,12 @@ def test_quality_by_hour_lists_the_last_day_and_the_totals_cover_label_wait() ->
     agg = aggregator(label_wait_s=3 * 86400.0)
     agg.on_label(label_for("v", BASE + 10.0, 0.9, 1))  # hour 0
     agg.on_label(label_for("v", BASE + 5 * HOUR_S, 0.1, 0))  # hour 5
-    agg.on_label(label_for("v", BASE + 30 * HOUR_S + 1.0, 0.8, 1))  # hour 30
-    quality = agg.quality("v", BASE + 30 * HOUR_S + 120.0)  # hour 0 is more than 24 h ago, hour 5 is not
+    agg.on_label(label_for("v", BASE + 20 * HOUR_S + 1.0, 0.8, 1))  # hour 20
+    quality = agg.quality("v", BASE + 28 * HOUR_S + 120.0)  # hour 0 is more than 24 h ago, hour 5 is not
     assert (quality["labelled"], quality["positives"]) == (3, 2)
     assert [(h["hour_start"], h["labelled"]) for h in quality["quality_by_hour"]] == [
         (BASE + 5 * HOUR_S, 1),
-        (BASE + 30 * HOUR_S, 1),
+        (BASE + 20 * HOUR_S, 1),
     ]
 
 
@@ -706,14 +741,14 @@ def test_quality_older_than_label_wait_is_pruned() -> None:
     agg = aggregator(state, label_wait_s=label_wait_s)
     agg.on_label(label_for("old", BASE + 100.0, 0.9, 1))  # hour 0: labels may come until hour 3
     agg.on_label(label_for("new", BASE + HOUR_S + 100.0, 0.2, 0))  # hour 1: until hour 4
-    # A window ending a minute before hour 3: both hours are kept.
-    kept_until = BASE + HOUR_S + label_wait_s + HOUR_S
+    kept_until = BASE + HOUR_S + label_wait_s  # the end of hour 0 plus LABEL_WAIT_S
+    # Windows ending a minute before hour 3 and at hour 3: both hours are kept.
     feed(agg, [partial(kept_until - 2 * WINDOW_S), partial(kept_until - WINDOW_S)])
-    assert sorted(k.split("|")[1] for k in state if k.startswith("q|")) == ["new", "old"]
+    assert agg.versions() == ["new", "old"]
     assert agg.quality("old", kept_until)["labelled"] == 1
-    # A window ending a minute after hour 3: hour 0 is gone, hour 1 stays.
     feed(agg, [partial(kept_until)])
     assert agg.versions() == ["new", "old"]
+    # A window ending a minute after hour 3: hour 0 is gone, hour 1 stays.
     feed(agg, [partial(kept_until + WINDOW_S)])
     assert agg.versions() == ["new"]
     assert agg.quality("old", kept_until + WINDOW_S)["labelled"] == 0
@@ -740,3 +775,21 @@ def test_label_counts_add_up_per_hour() -> None:
     hours = Counter(BASE + HOUR_S * ((t - BASE) // HOUR_S) for t in scored_at)
     quality = agg.quality("v", BASE + 3 * HOUR_S)
     assert [(h["hour_start"], h["labelled"]) for h in quality["quality_by_hour"]] == sorted(hours.items())
+
+
+def test_a_fractional_window_gets_one_partial_per_ended_window() -> None:
+    observer = DriftObserver(features=("amount",), window_s=0.1)
+    observer.observe({"computed_at": 0.25, "amount": 1.0}, None, None)
+    partials = observer.take_finished(0.35)
+    assert [(p["window_start"], p["count"]) for p in partials] == [(window_start(0.25, 0.1), 1)]
+
+
+def test_a_model_version_with_a_bar_gets_its_quality() -> None:
+    agg = DriftAggregator(
+        {}, Reference("previous", PERIOD_S), psi_warn=0.25, min_count=1, label_wait_s=86400.0, threshold=0.5
+    )
+    agg.on_label({"kind": "label", "model_version": "fraud|v2", "scored_at": BASE, "score": 0.9, "label": 1})
+    window = {"kind": "partial", "window_s": WINDOW_S, "features": {}, "scores": {}}
+    assert agg.on_partial({**window, "window_start": BASE + WINDOW_S}) == []
+    out = agg.on_partial({**window, "window_start": BASE + 2 * WINDOW_S})
+    assert [(kind, key, record["labelled"]) for kind, key, record in out] == [("pred", "fraud|v2", 1)]

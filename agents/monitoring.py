@@ -26,7 +26,7 @@ from agents.features import (
     send_dead_letter,
     transactional_id,
 )
-from app.faust_ext import timer
+from app.faust_ext import kafka_producer, timer
 from app.main import (
     app,
     feature_drift_topic,
@@ -45,6 +45,7 @@ from tables.user_state import owner_partition
 
 log = logging.getLogger(__name__)
 
+MONITORING = monitoring_topic.get_topic_name()
 #: How often a worker looks for an ended window to send (seconds).
 PARTIAL_EVERY_S = min(1.0, settings.drift_window_s / 4)
 
@@ -145,6 +146,14 @@ async def send_drift_partials() -> None:
     for partial in observer.take_finished(time.time()):
         partial["source"] = source
         try:
-            await monitoring_topic.send(key=source.encode("utf-8"), value=orjson.dumps(partial), partition=0)
+            # Outside any transaction (tid None): under exactly_once, Faust's own send would put it in
+            # the transaction of the monitoring partition, which commits only when the aggregator
+            # consumes something, and the aggregator consumes only partials: none would ever show.
+            # The producer itself, not agents.features.send: an undelivered partial must not stop
+            # the worker (a feature record's does).
+            producer = kafka_producer(app, None)
+            if producer is None:
+                raise RuntimeError("the producer is not running")
+            await producer.send(MONITORING, orjson.dumps(partial), key=source.encode("utf-8"), partition=0)
         except Exception as exc:  # noqa: BLE001 - a lost partial is a thinner window, never a stop
             log.warning("could not send the drift partial of %s: %r", partial["window_start"], exc)

@@ -23,6 +23,7 @@ score record.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from operator import itemgetter
@@ -32,6 +33,8 @@ import orjson
 
 from app.sketch import ScoreQuality, Sketch, psi
 from records.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 HOUR_S = 3600.0
 #: How many hours of per-hour quality a score record lists (the totals cover all of LABEL_WAIT_S).
@@ -304,9 +307,7 @@ class DriftAggregator:
         """Online quality of a model version's labelled predictions: totals and the last hours."""
         total = ScoreQuality()
         hours: list[dict[str, Any]] = []
-        for hour, key in sorted(
-            (float(k.split("|", 2)[1]), k) for k in self._quality_keys() if k.split("|", 2)[2] == version
-        ):
+        for hour, key in sorted((h, k) for k, (h, v) in self._quality_keys().items() if v == version):
             q = ScoreQuality.from_dict(self._get(key))
             total.merge(q)
             if hour >= now - HOURS_LISTED * HOUR_S:
@@ -321,12 +322,23 @@ class DriftAggregator:
                 if float(key.rsplit("|", 1)[1]) < keep_from:
                     del self.state[key]
         oldest_hour = now - self.label_wait_s - HOUR_S
-        for key in self._quality_keys():
-            if float(key.split("|", 2)[1]) < oldest_hour:
+        for key, (hour, _) in self._quality_keys().items():
+            if hour < oldest_hour:
                 del self.state[key]
 
-    def _quality_keys(self) -> list[str]:
-        return [k for k in list(self.state.keys()) if k.startswith("q|")]
+    def _quality_keys(self) -> dict[str, tuple[float, str]]:
+        """``q|<hour>|<version>`` keys -> (hour, version); a key that is not one is dropped (logged)."""
+        out: dict[str, tuple[float, str]] = {}
+        for key in list(self.state.keys()):
+            if not key.startswith("q|"):
+                continue
+            parts = key.split("|", 2)
+            try:
+                out[key] = (float(parts[1]), parts[2])
+            except (IndexError, ValueError):
+                log.warning("monitoring state: dropping %r, not a quality key (hour, model version)", key)
+                del self.state[key]
+        return out
 
     def versions(self) -> list[str]:
-        return sorted({k.split("|", 2)[2] for k in self._quality_keys()})
+        return sorted({version for _, version in self._quality_keys().values()})

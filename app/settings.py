@@ -8,11 +8,13 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from records.errors import SettingsError
 
 Guarantee = Literal["at_least_once", "exactly_once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 # Kafka's own rule for topic names; APP_ID follows it too because it prefixes
 # the changelog and re-keying topics the app creates.
@@ -71,6 +73,22 @@ class Settings:
     drift_min_count: int
     drift_features: tuple[str, ...]
     prediction_threshold: float
+    # Production connections and access (SPEC 2 names; README "Production").
+    kafka_security_protocol: SecurityProtocol
+    kafka_sasl_mechanism: SaslMechanism
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None
+    kafka_ssl_cafile: str | None
+    kafka_ssl_certfile: str | None
+    kafka_ssl_keyfile: str | None
+    http_auth_tokens_file: str | None
+    http_open_paths: tuple[str, ...]  # served without a token even with HTTP_AUTH_TOKENS_FILE
+    http_peer_token: str | None  # what this worker sends to the others (scope "peer")
+    web_ssl_certfile: str | None
+    web_ssl_keyfile: str | None
+    max_message_bytes: int
+    http_max_user_id_chars: int
+    http_request_timeout_s: float
 
     @property
     def monitoring_topic(self) -> str:
@@ -226,7 +244,93 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         drift_min_count=_int(env, "DRIFT_MIN_COUNT", 200, 1),
         drift_features=_drift_features(env),
         prediction_threshold=_probability(env, "PREDICTION_THRESHOLD", 0.5),
+        **_security(env),
     )
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Paths answered without a token when HTTP_AUTH_TOKENS_FILE is set (probes and scrapers).
+HTTP_OPEN_PATHS = ("/health", "/ready", "/metrics")
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    """Unset: None; set, it must say something (an empty value is a mistake, not "unset")."""
+    if name not in env:
+        return None
+    return _text(env, name, "")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME`` or the first line of the file ``NAME_FILE`` (not both)."""
+    value = _optional(env, name)
+    path = _optional(env, f"{name}_FILE")
+    if value and path:
+        raise SettingsError(f"set {name} or {name}_FILE, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from None
+        if not value:
+            raise SettingsError(f"{name}_FILE={path!r} is empty")
+    return value or None
+
+
+def _readable(env: Mapping[str, str], name: str) -> str | None:
+    path = _optional(env, name)
+    if path is not None and not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}={path!r} is not a readable file")
+    return path
+
+
+def _security(env: Mapping[str, str]) -> dict[str, Any]:
+    protocol = _text(env, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol!r} must be one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    mechanism = _text(env, "KAFKA_SASL_MECHANISM", "PLAIN").upper()
+    if mechanism not in SASL_MECHANISMS:
+        raise SettingsError(f"KAFKA_SASL_MECHANISM={mechanism!r} must be one of {', '.join(SASL_MECHANISMS)}")
+    username = _optional(env, "KAFKA_SASL_USERNAME")
+    password = _secret(env, "KAFKA_SASL_PASSWORD")
+    if protocol.startswith("SASL_") and not (username and password):
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or _FILE)"
+        )
+    certfile, keyfile = _readable(env, "KAFKA_SSL_CERTFILE"), _readable(env, "KAFKA_SSL_KEYFILE")
+    if (certfile is None) != (keyfile is None):
+        raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mutual TLS)")
+    web_cert, web_key = _readable(env, "WEB_SSL_CERTFILE"), _readable(env, "WEB_SSL_KEYFILE")
+    if (web_cert is None) != (web_key is None):
+        raise SettingsError("WEB_SSL_CERTFILE and WEB_SSL_KEYFILE go together")
+    raw_open = _text(env, "HTTP_OPEN_PATHS", ",".join(HTTP_OPEN_PATHS))
+    names = [p.strip() for p in raw_open.split(",") if p.strip()]
+    if not names:
+        raise SettingsError(f"HTTP_OPEN_PATHS={raw_open!r}: comma-separated paths, or none")
+    open_paths = () if names == ["none"] else tuple(dict.fromkeys(names))
+    bad = [p for p in open_paths if not p.startswith("/")]
+    if bad:
+        raise SettingsError(f"HTTP_OPEN_PATHS={raw_open!r}: paths start with '/' ({bad[0]!r})")
+    return {
+        "kafka_security_protocol": protocol,
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": username,
+        "kafka_sasl_password": password,
+        "kafka_ssl_cafile": _readable(env, "KAFKA_SSL_CAFILE"),
+        "kafka_ssl_certfile": certfile,
+        "kafka_ssl_keyfile": keyfile,
+        "http_auth_tokens_file": _readable(env, "HTTP_AUTH_TOKENS_FILE"),
+        "http_open_paths": open_paths,
+        "http_peer_token": _secret(env, "HTTP_PEER_TOKEN"),
+        "web_ssl_certfile": web_cert,
+        "web_ssl_keyfile": web_key,
+        "max_message_bytes": _int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1024, 1 << 30),
+        "http_max_user_id_chars": _int(env, "HTTP_MAX_USER_ID_CHARS", 128, 1, 100_000),
+        "http_request_timeout_s": _positive_seconds(env, "HTTP_REQUEST_TIMEOUT_S", 10),
+    }
 
 
 #: The SPEC 4 fields whose drift is watched (all numeric ones; the score is watched too).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,21 @@ VARIABLES = {
     "DRIFT_MIN_COUNT": "drift_min_count",
     "DRIFT_FEATURES": "drift_features",
     "PREDICTION_THRESHOLD": "prediction_threshold",
+    "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
+    "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka_sasl_username",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SSL_CAFILE": "kafka_ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "kafka_ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "kafka_ssl_keyfile",
+    "HTTP_AUTH_TOKENS_FILE": "http_auth_tokens_file",
+    "HTTP_OPEN_PATHS": "http_open_paths",
+    "HTTP_PEER_TOKEN": "http_peer_token",
+    "WEB_SSL_CERTFILE": "web_ssl_certfile",
+    "WEB_SSL_KEYFILE": "web_ssl_keyfile",
+    "MAX_MESSAGE_BYTES": "max_message_bytes",
+    "HTTP_MAX_USER_ID_CHARS": "http_max_user_id_chars",
+    "HTTP_REQUEST_TIMEOUT_S": "http_request_timeout_s",
 }
 
 
@@ -129,6 +145,45 @@ def test_the_monitoring_settings() -> None:
         {"DRIFT_WINDOW_S": "0"},
         {"LABEL_WAIT_S": "-1"},
         {"DRIFT_MIN_COUNT": "0"},
+    ):
+        with pytest.raises(SettingsError):
+            load_settings(bad)
+
+
+def test_the_security_settings(tmp_path: Path) -> None:
+    default = load_settings({})
+    assert (default.kafka_security_protocol, default.kafka_sasl_username, default.http_auth_tokens_file) == (
+        "PLAINTEXT",
+        None,
+        None,
+    )
+    assert default.http_open_paths == ("/health", "/ready", "/metrics")
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\nignored\n")
+    chosen = load_settings(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "KAFKA_SASL_USERNAME": "velocity",
+            "KAFKA_SASL_PASSWORD_FILE": str(secret),
+            "KAFKA_SSL_CAFILE": str(secret),
+            "HTTP_OPEN_PATHS": "/health",
+        }
+    )
+    assert (chosen.kafka_security_protocol, chosen.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (chosen.kafka_sasl_password, chosen.kafka_ssl_cafile) == ("s3cret", str(secret))
+    assert chosen.http_open_paths == ("/health",)
+    for bad in (
+        {"KAFKA_SECURITY_PROTOCOL": "TLS"},
+        {"KAFKA_SASL_MECHANISM": "GSSAPI"},
+        {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u"},  # no password
+        {"KAFKA_SASL_PASSWORD": "a", "KAFKA_SASL_PASSWORD_FILE": str(secret)},
+        {"KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")},
+        {"KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")},
+        {"KAFKA_SSL_CERTFILE": str(secret)},  # without its key
+        {"WEB_SSL_KEYFILE": str(secret)},  # without its certificate
+        {"HTTP_OPEN_PATHS": "health"},
+        {"MAX_MESSAGE_BYTES": "10"},
     ):
         with pytest.raises(SettingsError):
             load_settings(bad)

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.cli import option
 
-from app.kafka_admin import TopicSpec, bootstrap_servers, ensure_topics
+from app.kafka_admin import TopicSpec, client_options, ensure_topics
 from app.main import app, settings, topic_specs
 from app.simulator import Label, TrafficConfig, TrafficModel
 
@@ -155,7 +155,7 @@ async def simulate(
             unkeyed_labels=unkeyed_labels,
         )
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker_url), linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(settings.broker_url), linger_ms=5)
     await producer.start()
     started = last_report = time.monotonic()
     sent = sent_at_report = 0
@@ -255,9 +255,9 @@ def lag_table(rows: list[tuple[str, int, int | None, int]]) -> tuple[list[str], 
 
 async def group_offsets(group: str, topics: list[str]) -> list[tuple[str, int, int | None, int]]:
     """Committed and end offsets of ``group`` on every partition of ``topics`` (read-only: joins nothing)."""
-    servers = bootstrap_servers(settings.broker_url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
+    options = client_options(settings.broker_url)
+    admin = AIOKafkaAdminClient(**options)
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
     await admin.start()
     try:
         await consumer.start()

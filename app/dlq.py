@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.cli import argument, option
 
-from app.kafka_admin import bootstrap_servers, read_to_end
+from app.kafka_admin import client_options, read_to_end
 from app.main import app, settings
 from records.errors import ERROR_TYPES, VelocityError
 from records.transaction import Transaction
@@ -506,7 +506,7 @@ async def read_topic(
     consumer group. Returns the names of the topics the cluster has.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(broker_url),
+        **client_options(broker_url),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -530,9 +530,7 @@ async def read_topic(
 
 async def send_all(broker_url: str, resends: Sequence[Resend]) -> int:
     """Send with an idempotent producer (acks=all) and wait for every delivery; returns how many."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(broker_url), enable_idempotence=True, acks="all"
-    )
+    producer = AIOKafkaProducer(**client_options(broker_url), enable_idempotence=True, acks="all")
     try:
         await producer.start()
         futures = [await producer.send(r.destination, value=r.value, key=r.key) for r in resends]

@@ -51,7 +51,7 @@ from aiokafka.errors import KafkaError
 from faust.cli import option
 from tqdm import tqdm
 
-from app.kafka_admin import bootstrap_servers, partition_counts, read_merged, read_to_end
+from app.kafka_admin import client_options, partition_counts, read_merged, read_to_end
 from app.main import app, settings
 from records.errors import ProcessingError, RejectedMessage
 from records.schema import UserFeatures
@@ -420,7 +420,7 @@ async def run_export(
         raise ExportError(f"--cache-users {cache_users}: must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="velocity-export-", dir=tmp_dir))
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.broker_url),
+        **client_options(settings.broker_url),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed"

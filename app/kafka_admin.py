@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from records.errors import TopicMismatchError
+from records.errors import TopicMismatchError, VelocityError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,52 @@ class TopicSpec:
     must_match: bool  # co-partitioned with the tables: the count must be exact
 
 
+#: Security options (app/kafka_security.py) of every client this process opens; set by :func:`configure`.
+_security: dict[str, Any] = {"security_protocol": "PLAINTEXT"}
+
+
+def configure(security_options: Mapping[str, Any]) -> None:
+    """The process's Kafka security (done once at start by app.main, from the settings)."""
+    _security.clear()
+    _security.update(security_options)
+
+
+def client_options(broker_url: str) -> dict[str, Any]:
+    """``bootstrap_servers`` and the security options, for any aiokafka client."""
+    return {"bootstrap_servers": bootstrap_servers(broker_url), **_security}
+
+
+class ConnectFailed(VelocityError):
+    """The first contact with the broker failed: wrong password, untrusted certificate, nothing there."""
+
+
+async def preflight(
+    broker_url: str, explain: Callable[[BaseException], str], timeout_s: float = 20.0
+) -> None:
+    """Connect (and authenticate) to the first bootstrap server that answers, once; else one clear error.
+
+    aiokafka's clients log why each bootstrap server failed and raise "Unable to
+    bootstrap"; this opens one connection with the same options itself, so the
+    error names the cause (SASL authentication, certificate, refused).
+    """
+    from aiokafka.conn import create_conn
+
+    errors: list[BaseException] = []
+    for server in bootstrap_servers(broker_url):
+        host, _, port = server.rpartition(":")
+        try:
+            connecting = create_conn(
+                host.strip("[]"), int(port), request_timeout_ms=int(timeout_s * 1000), **_security
+            )
+            conn = await asyncio.wait_for(connecting, timeout_s)
+        except (OSError, KafkaError, TimeoutError, ValueError) as exc:
+            errors.append(exc)
+            continue
+        conn.close()
+        return
+    raise ConnectFailed(explain(errors[0] if errors else RuntimeError("no bootstrap server")))
+
+
 def bootstrap_servers(broker_url: str) -> list[str]:
     """``kafka://a:9092;kafka://b:9092`` -> ``["a:9092", "b:9092"]``."""
     servers = []
@@ -52,7 +99,7 @@ async def ensure_topics(broker_url: str, specs: list[TopicSpec], replication_fac
 
     Returns the names of the topics it created.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker_url))
+    admin = AIOKafkaAdminClient(**client_options(broker_url))
     await admin.start()
     try:
         existing = await _partition_counts(admin, [s.name for s in specs])
@@ -87,7 +134,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
 
 async def partition_counts(broker_url: str, names: list[str]) -> dict[str, int]:
     """Partitions of each existing topic of ``names`` (a missing topic is left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker_url))
+    admin = AIOKafkaAdminClient(**client_options(broker_url))
     await admin.start()
     try:
         return await _partition_counts(admin, names)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 from app.drift import Reference, load_reference
 from app.faust_ext import ExtendedApp, FaustVersionError
-from app.kafka_admin import TopicSpec, ensure_topics
+from app.kafka_admin import ConnectFailed, TopicSpec, ensure_topics, preflight
+from app.kafka_admin import configure as configure_kafka
+from app.kafka_security import aiokafka_options, explain, faust_credentials
 from app.metrics import PipelineMetrics
 from app.scoring import ModelError, Scorer, load_scorer
 from app.settings import Settings, load_settings
@@ -43,8 +46,10 @@ class VelocityApp(ExtendedApp):
 
     async def on_first_start(self) -> None:
         try:
+            # One connection first: a wrong password or certificate is one line here, not a retry loop.
+            await preflight(self.settings.broker_url, lambda exc: explain(exc, self.settings))
             await ensure_topics(self.settings.broker_url, topic_specs(self.settings))
-        except TopicMismatchError as exc:
+        except (TopicMismatchError, ConnectFailed) as exc:
             # One line and a clean exit code: nothing has started yet.
             sys.stderr.write(f"velocity: refusing to start: {exc}\n")
             sys.stderr.flush()
@@ -134,6 +139,8 @@ def build_app(settings: Settings) -> VelocityApp:
         broker_max_poll_records=settings.broker_max_poll_records,
         # How long the group waits for a silent worker before its partitions move (Faust: 60 s).
         broker_session_timeout=settings.broker_session_timeout_s,
+        # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (app/kafka_security.py); None: PLAINTEXT.
+        broker_credentials=faust_credentials(settings),
     )
 
 
@@ -143,9 +150,12 @@ try:
     scorer: Scorer | None = load_scorer(settings.model) if settings.scoring else None
     #: What drift is measured against (SPEC 10): the previous period, or a frozen profile.
     drift_reference: Reference = load_reference(settings.drift_reference, settings.drift_reference_s)
+    configure_kafka(aiokafka_options(settings))  # every aiokafka client of this process
     app = build_app(settings)
 except (SettingsError, FaustVersionError, ModelError) as exc:  # one clear line, no traceback
     raise SystemExit(f"velocity: cannot start: {exc}") from None
+except (ssl.SSLError, OSError) as exc:  # the TLS files exist (settings checked) but do not load
+    raise SystemExit(f"velocity: cannot start: KAFKA_SSL_CAFILE/CERTFILE/KEYFILE: {exc}") from None
 
 
 async def _freeze_startup_objects() -> None:

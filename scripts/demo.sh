@@ -46,10 +46,10 @@ demo: worker ready. Look at:
   output topics: ml-features (features), predictions.fraud (a fraud score per record),
                  labels.fraud-feedback (the simulator's labels, 20 s late), transactions-dlq (dead letters),
                  monitoring.feature-drift, monitoring.pred-drift (drift and online model quality)
-  the fraud loop on the page: model quality as labels arrive; from 150 s, amounts x3 for half
+  the fraud loop on the page: model quality as labels arrive; from 150 s, amounts x5 for half
   of the users: drift alerts on the amount features
 MSG
-"$bin/faust" -A app simulate --duration 240 --drift-at 150 --drift-segment 0.5 --label-delay 20 "$@"
+"$bin/faust" -A app simulate --duration 240 --drift-at 150 --drift-segment 0.5 --drift-factor 5 --label-delay 20 "$@"
 echo "demo: traffic done; latest features of heavy-00:"
 curl -fsS "http://localhost:$port/features/heavy-00"; echo
 echo "demo: the fraud loop (from /stats):"

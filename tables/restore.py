@@ -34,7 +34,7 @@ import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.faust_ext import connect, partition_db, persisted_offset, set_persisted_offset, uses_rocksdict
-from app.kafka_admin import bootstrap_servers
+from app.kafka_admin import client_options
 from app.main import app, settings
 from tables.expiry import stream_time_key
 from tables.user_state import UNCOMMITTED_KEY, user_state
@@ -89,7 +89,7 @@ async def bulk_restore(tps: set[Any], highwaters: Mapping[Any, int]) -> None:
     started = time.monotonic()
     exactly_once = settings.processing_guarantee == "exactly_once"
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.broker_url),
+        **client_options(settings.broker_url),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -42,6 +42,15 @@ def bootstrap() -> str:
     return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
 
 
+def kafka_options() -> dict[str, Any]:
+    """The bench's own clients connect as the workers do: ``bootstrap()`` and the environment's
+    KAFKA_SECURITY_PROTOCOL/SASL/SSL settings (app/kafka_security.py)."""
+    from app.kafka_security import aiokafka_options
+    from app.settings import load_settings
+
+    return {"bootstrap_servers": bootstrap(), **aiokafka_options(load_settings())}
+
+
 # --------------------------------------------------------------------------- the stream
 
 
@@ -107,7 +116,7 @@ def generate(spec: StreamSpec, run_id: str) -> list[tuple[bytes, bytes]]:
 
 
 async def create_topics(names: Iterable[str], partitions: int = PARTITIONS) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+    admin = AIOKafkaAdminClient(**kafka_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
@@ -116,7 +125,7 @@ async def create_topics(names: Iterable[str], partitions: int = PARTITIONS) -> N
 
 
 async def prefill(topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=20, max_batch_size=262144)
+    producer = AIOKafkaProducer(**kafka_options(), linger_ms=20, max_batch_size=262144)
     await producer.start()
     try:
         for key, value in messages:
@@ -139,7 +148,7 @@ async def _end_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]
 
 async def end_offsets(topic: str) -> dict[int, int]:
     """Partition -> end offset (empty if the topic does not exist yet)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    consumer = AIOKafkaConsumer(**kafka_options())
     await consumer.start()
     try:
         return await _end_offsets(consumer, topic)
@@ -153,7 +162,7 @@ async def end_offsets_sum(topic: str) -> int:
 
 async def topics_named(prefix: str, suffix: str) -> list[str]:
     """The broker's topics whose names start with ``prefix`` and end with ``suffix``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    consumer = AIOKafkaConsumer(**kafka_options())
     await consumer.start()
     try:
         return sorted(t for t in await consumer.topics() if t.startswith(prefix) and t.endswith(suffix))
@@ -178,7 +187,7 @@ async def longest_pause_s(topic: str, start_ms: int, end_ms: int, timeout: float
     Reads the topic from the start up to its end offsets as they are now (so
     the read ends), within ``timeout`` seconds.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await _end_offsets(consumer, topic)
@@ -381,7 +390,7 @@ async def watch_output(
 ) -> Progress:
     """Poll the output topic's end offsets until ``expected`` records, the deadline, or the process dies."""
     progress = Progress(expected)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap())
+    consumer = AIOKafkaConsumer(**kafka_options())
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout

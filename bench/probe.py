@@ -31,7 +31,7 @@ from urllib.parse import quote
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 
-from bench.harness import bootstrap
+from bench.harness import kafka_options
 
 ASSIGNMENT_TIMEOUT_S = 60.0
 
@@ -125,7 +125,7 @@ async def settle_at_end(consumer: AIOKafkaConsumer, topic: str) -> None:
 
 async def delivery(topic: str, duration_s: float, warmup_s: float, ready: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"delivery_ms": []}
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(), auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(topic, **kafka_options(), auto_offset_reset="latest")
     await consumer.start()
     try:
         await settle_at_end(consumer, topic)

@@ -65,7 +65,7 @@ def user_id(i: int) -> str:
 
 async def fill_topic(topic: str, users: int, t0: float) -> None:
     """One transaction per user, event times rising over SPAN_S from t0."""
-    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), linger_ms=50, max_batch_size=524288)
+    producer = AIOKafkaProducer(**harness.kafka_options(), linger_ms=50, max_batch_size=524288)
     await producer.start()
     try:
         rng = random.Random(5)

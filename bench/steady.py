@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.harness import bootstrap
+from bench.harness import kafka_options
 from bench.probe import ASSIGNMENT_TIMEOUT_S, paced, settle_at_end
 
 
@@ -86,8 +86,8 @@ async def run_steady(
     users_file.write_text("\n".join(lookup_users) + "\n")
     for f in (lookups_out, delivery_out, delivery_ready):
         f.unlink(missing_ok=True)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), linger_ms=5)
-    consumer = AIOKafkaConsumer(output_topic, bootstrap_servers=bootstrap(), auto_offset_reset="latest")
+    producer = AIOKafkaProducer(**kafka_options(), linger_ms=5)
+    consumer = AIOKafkaConsumer(output_topic, **kafka_options(), auto_offset_reset="latest")
     await producer.start()
     await consumer.start()
     # The plain consumer reads the input alongside the worker, from its end, until 3 s after the

@@ -3,8 +3,8 @@
 * :data:`observer`: the values of the records this worker publishes, per
   window (fed by the hot path, sent as partials by agents/monitoring.py);
 * :data:`monitoring_state`: the aggregator's Faust table, one partition
-  (as the internal monitoring topic), in memory and restored from its
-  changelog, which compaction keeps small: windows being merged, the
+  (as the internal monitoring topic), in the app's store (RocksDB) with a
+  changelog that compaction keeps small: windows being merged, the
   reference periods, the labelled scores per model and hour;
 * :data:`aggregator`: the :class:`DriftAggregator` over that table.
 """
@@ -24,7 +24,8 @@ monitoring_state = app.Table(
     value_type=bytes,
     schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"),
     partitions=1,
-    store="memory://",
+    # A few hundred small keys: Faust's RocksDB defaults (3 x 64 MiB memtables, 2 GiB cache) are far too big.
+    options={"write_buffer_size": 1 << 20, "max_write_buffer_number": 2, "block_cache_size": 1 << 20},
     help="Drift windows being merged, reference periods, labelled scores (app/drift.py).",
 )
 

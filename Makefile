@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 ## kafka: start the local single-node Kafka (idempotent)
 kafka:
-	scripts/kafka.sh start
+	KAFKA_SASL_SSL_PORT=$${KAFKA_SASL_SSL_PORT:-$$(( $${KAFKA_PORT:-9092} + 2 ))} scripts/kafka.sh start
 
 kafka-stop:
 	scripts/kafka.sh stop

@@ -42,6 +42,17 @@ def bootstrap() -> str:
     return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
 
 
+def broker_tls_env() -> dict[str, str] | None:
+    """What scripts/kafka.sh wrote about the local broker's SASL_SSL listener (None: it has none)."""
+    port = os.environ.get("KAFKA_PORT", "9092")
+    cache = Path(os.environ.get("VELOCITY_CACHE", Path.home() / ".cache" / "velocity"))
+    env_file = Path(os.environ.get("KAFKA_DATA_DIR") or cache / f"kafka-{port}") / "tls" / "env"
+    if not env_file.is_file():
+        return None
+    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def kafka_options() -> dict[str, Any]:
     """The bench's own clients connect as the workers do: ``bootstrap()`` and the environment's
     KAFKA_SECURITY_PROTOCOL/SASL/SSL settings (app/kafka_security.py)."""

@@ -98,6 +98,7 @@ SCENARIOS = {
     "exactly_once": "catch-up under PROCESSING_GUARANTEE=exactly_once",
     "scoring_off": "catch-up with SCORING=off (the velocity scenario scores every record)",
     "label_log_off": "catch-up with LABEL_WAIT_S=0: scoring, no prediction log for the label join",
+    "sasl_ssl": "catch-up by a worker connected over TLS + SCRAM (the local broker's SASL_SSL listener)",
     "two_workers": "catch-up by two workers of one app (same stream), over one worker's",
     "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
     "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
@@ -113,6 +114,7 @@ SCENARIOS = {
 # would not fit bench-quick's 5 minutes.
 ONLY_WITH_ONLY = {"catchup", "rolling_restart"}
 NEEDS_VELOCITY = {
+    "sasl_ssl",
     "steady",
     "recovery",
     "heavy",
@@ -541,6 +543,36 @@ class Run:
         if rate and logged:
             self.details["velocity_label_log_off"]["label_log_on_vs_off"] = logged / rate
 
+    def sasl_ssl(self) -> None:
+        """The same catch-up by a worker connected over SASL_SSL (SCRAM-SHA-512): what TLS costs."""
+        tls = harness.broker_tls_env()
+        if tls is None:
+            self.details["velocity_sasl_ssl"] = {
+                "skipped": "the local broker has no SASL_SSL listener (make kafka)"
+            }
+            self.note(
+                "sasl_ssl: skipped: the local broker has no SASL_SSL listener (start it with make kafka)"
+            )
+            return
+        proc, rate = self.catchup_worker(
+            "velocity_sasl_ssl",
+            f"bench-tls-{self.tag}",
+            self.input,
+            f"bench-out-tls-{self.tag}",
+            len(self.stream),
+            "at_least_once",
+            BROKER_URL=f"kafka://{tls['KAFKA_SASL_SSL_BOOTSTRAP']}",
+            KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+            KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+            KAFKA_SASL_USERNAME=tls["KAFKA_SASL_USERNAME"],
+            KAFKA_SASL_PASSWORD_FILE=tls["KAFKA_SASL_PASSWORD_FILE"],
+            KAFKA_SSL_CAFILE=tls["KAFKA_SSL_CAFILE"],
+        )
+        proc.stop()
+        plain = self.throughput["velocity"]
+        if rate and plain:
+            self.details["velocity_sasl_ssl"]["sasl_ssl_vs_plaintext"] = rate / plain
+
     def two_workers(self) -> None:
         """Two workers of one new app id catch up on the same stream, started together."""
         app_id, output = f"bench-two-{self.tag}", f"bench-out-two-{self.tag}"
@@ -690,6 +722,7 @@ class Run:
             "exactly_once": self.exactly_once,
             "scoring_off": self.scoring_off,
             "label_log_off": self.label_log_off,
+            "sasl_ssl": self.sasl_ssl,
             "two_workers": self.two_workers,
             "catchup": self.catchup,
             "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
@@ -747,6 +780,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     eos = details.get("velocity_exactly_once", {})
     noscore = details.get("velocity_scoring_off", {})
     nolog = details.get("velocity_label_log_off", {})
+    tls = details.get("velocity_sasl_ssl", {})
     two = details.get("two_workers", {})
     warm = details.get("recovery", {}).get("warm") or {}
     replayed = (warm.get("last_recovery") or {}).get("records", 0) if warm else None
@@ -820,6 +854,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "| Velocity catch-up with LABEL_WAIT_S=0 (no prediction log) | "
             f"{fmt_int(nolog.get('tx_s'), ' tx/s')} "
             f"(with the log: {fmt_ratio(nolog.get('label_log_on_vs_off'))} of it) |",
+        ),
+        (
+            "sasl_ssl",
+            "| Velocity catch-up over SASL_SSL (TLS + SCRAM-SHA-512) | "
+            + (
+                "skipped (no SASL_SSL listener) |"
+                if "skipped" in tls
+                else f"{fmt_int(tls.get('tx_s'), ' tx/s')} "
+                f"({fmt_ratio(tls.get('sasl_ssl_vs_plaintext'))} of PLAINTEXT) |"
+            ),
         ),
         (
             "two_workers",

@@ -103,6 +103,9 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert result["details"]["velocity_exactly_once"]["tx_s"] > 0
     assert result["details"]["velocity_scoring_off"]["scoring_on_vs_off"] > 0
     assert result["details"]["velocity_label_log_off"]["label_log_on_vs_off"] > 0
+    assert (
+        result["details"]["velocity_sasl_ssl"]["sasl_ssl_vs_plaintext"] > 0
+    )  # make kafka: a SASL_SSL listener
     two = result["details"]["two_workers"]
     # At-least-once: the rebalance between the two may redo some records.
     assert two["records"] >= two["expected"] and two["vs_one_worker"] > 0, two

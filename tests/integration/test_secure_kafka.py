@@ -67,15 +67,14 @@ async def test_the_pipeline_end_to_end_over_sasl_ssl(topics: Topics, spawn: Any,
     worker.wait_ready()
     now = time.time()
     users = [f"tls-{i}" for i in range(12)]
-    sent = [
+    sent: list[tuple[bytes | None, bytes, int | None]] = [
         (u.encode(), transaction(f"t-{u}-{n}", u, 10.0 + n, now - 60 + n), None)
         for n in range(3)
         for u in users
     ]
     sent.append((b"tls-bad", b"{not json", None))
-    await produce(
-        sent, topics.transactions
-    )  # the test's own client: the PLAINTEXT listener of the same broker
+    # The test's own client writes through the PLAINTEXT listener of the same broker.
+    await produce(sent, topics.transactions)
     async with TopicReader(topics.features) as reader:
         records = await reader.until(lambda ms: len(ms) >= 36, 90, "36 feature records over SASL_SSL")
     latest = {r["user_id"]: r for _, r, _ in records}

@@ -64,7 +64,7 @@ from records.label import (
     open_carried_label,
     prediction_key,
 )
-from records.schema import DeadLetter, UserFeatures
+from records.schema import MAX_DLQ_KEY_BYTES, MAX_DLQ_RAW_BYTES, DeadLetter, UserFeatures
 from records.transaction import Transaction, parse_transaction
 from tables import restore as _bulk_restore  # noqa: F401  (connects the bulk changelog restore)
 from tables.expiry import TICK_KEY, head_latest_ts
@@ -107,6 +107,7 @@ class Origin:
     key: bytes | None
     timestamp_s: float | None
     raw_value: bytes | None
+    raw_size: int | None = None  # the original value's size when raw_value was cut (the re-keying hop)
 
 
 class Sender(Protocol):
@@ -124,13 +125,14 @@ class TransactionOf:
 
 
 async def send_dead_letter(work: Sender, origin: Origin, error_type: ErrorType, error_message: str) -> None:
+    error_message = cut(error_message, MAX_REASON_CHARS)
     log.warning(
-        "dead letter %s from %s[%s]@%s key=%r: %s",
+        "dead letter %s from %s[%s]@%s key=%s: %s",
         error_type,
         origin.topic,
         origin.partition,
         origin.offset,
-        origin.key,
+        key_preview(origin.key),
         error_message,
     )
     letter = DeadLetter.for_message(
@@ -142,9 +144,26 @@ async def send_dead_letter(work: Sender, origin: Origin, error_type: ErrorType, 
         error_message=error_message,
         failed_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         raw_value=origin.raw_value,
+        raw_size=origin.raw_size,
     )
-    await publish(work, dlq_topic, origin.key, letter.encode())
+    key = None if origin.key is None else origin.key[:MAX_DLQ_KEY_BYTES]  # SPEC 6: the original key (cut)
+    await publish(work, dlq_topic, key, letter.encode())
     app.metrics.on_dead_letter(error_type)
+
+
+#: A dead letter's reason, and any logged one, is cut at this many characters.
+MAX_REASON_CHARS = 500
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def key_preview(key: bytes | None) -> str:
+    """A key for a log line: at most 100 bytes of it, and its length when longer."""
+    if key is None or len(key) <= 100:
+        return repr(key)
+    return f"{key[:100]!r}... ({len(key)} bytes)"
 
 
 def transactional_id(tp: TP) -> str | None:
@@ -313,14 +332,24 @@ def copartitioned(work: PartitionWork, topic_name: str) -> bool:
 
 
 def _envelope(origin: Origin, txn: Transaction) -> bytes:
+    """The re-keying hop's record: the transaction and where it came from.
+
+    Its original bytes ride along for a dead letter later (a late event), cut as a dead letter
+    would keep them (with their size), so that the envelope of a large value still fits in a
+    Kafka message; the key is a valid user's (checked), so small.
+    """
+    raw = origin.raw_value
     return orjson.dumps(
         {
             "topic": origin.topic,
             "partition": origin.partition,
             "offset": origin.offset,
-            "key": None if origin.key is None else base64.b64encode(origin.key).decode("ascii"),
+            "key": None
+            if origin.key is None
+            else base64.b64encode(origin.key[:MAX_DLQ_KEY_BYTES]).decode("ascii"),
             "timestamp_s": origin.timestamp_s,
-            "raw_value": None if origin.raw_value is None else origin.raw_value.decode("utf-8", "replace"),
+            "raw_value": None if raw is None else raw[:MAX_DLQ_RAW_BYTES].decode("utf-8", "replace"),
+            "raw_size": None if raw is None else len(raw) if origin.raw_size is None else origin.raw_size,
             "txn": txn.to_dict(),
         }
     )
@@ -336,6 +365,7 @@ def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
         key=None if env["key"] is None else base64.b64decode(env["key"]),
         timestamp_s=env["timestamp_s"],
         raw_value=None if raw is None else raw.encode("utf-8"),
+        raw_size=env.get("raw_size"),
     )
     return origin, Transaction.from_dict(env["txn"])
 
@@ -422,7 +452,9 @@ async def handle_message(
             origin, txn = _open_envelope(value or b"")
         else:
             try:
-                txn = parse_transaction(value, time.time(), settings.max_clock_skew_s)
+                txn = parse_transaction(
+                    value, time.time(), settings.max_clock_skew_s, settings.max_message_bytes
+                )
             except RejectedMessage as exc:
                 await send_dead_letter(work, origin, exc.error_type, exc.message)
                 return
@@ -433,7 +465,7 @@ async def handle_message(
                 return
         await process_transaction(work, origin, txn)
     except Exception as exc:
-        log.exception("processing failed for %s[%s]@%s key=%r", topic, partition, offset, key)
+        log.exception("processing failed for %s[%s]@%s key=%s", topic, partition, offset, key_preview(key))
         await send_dead_letter(work, origin, ProcessingError.error_type, f"{type(exc).__name__}: {exc}")
 
 

@@ -101,6 +101,7 @@ class Letter:
     failed_at: str
     failed_at_utc: datetime
     raw_value: str
+    raw_value_truncated: bool = False  # the worker kept only the start of a large value
 
     @property
     def origin(self) -> tuple[str, int, int]:
@@ -155,6 +156,7 @@ def decode_letter(dlq_partition: int, dlq_offset: int, raw: bytes | None) -> Let
         failed_at=obj["failed_at"],
         failed_at_utc=failed_at_utc,
         raw_value=obj["raw_value"],
+        raw_value_truncated=obj.get("raw_value_truncated") is True,
     )
 
 
@@ -408,6 +410,8 @@ def unwrap_envelope(raw_value: str) -> tuple[bytes | None, bytes | None]:
 
 def resend_for(letter: Letter, transactions_topic: str) -> Resend:
     """What replaying ``letter`` sends to the input topic; :class:`NotReplayable` if nothing can be."""
+    if letter.raw_value_truncated:
+        raise NotReplayable("its value was cut (larger than a dead letter keeps): the original is not here")
     if is_rekey_topic(letter.original_topic, transactions_topic):
         key, value = unwrap_envelope(letter.raw_value)
         lossy = "\ufffd" in letter.raw_value

@@ -78,6 +78,13 @@ class FeaturesLookup(UserFeatures):
     as_of: float
 
 
+#: A dead letter keeps at most this much of the original value: JSON-escaped (up to 6 bytes per
+#: byte) it stays under Kafka's default 1,000,000-byte request limit.
+MAX_DLQ_RAW_BYTES = 64 * 1024
+#: ... and of the original key (no valid user id is longer than 512 bytes).
+MAX_DLQ_KEY_BYTES = 1024
+
+
 class DeadLetter(_FlatRecord):
     """A message that could not be accepted (SPEC 6)."""
 
@@ -89,6 +96,10 @@ class DeadLetter(_FlatRecord):
     error_message: str
     failed_at: str
     raw_value: str
+    # Ours, beyond SPEC 6: a value longer than MAX_DLQ_RAW_BYTES is kept cut (a dead letter must fit
+    # in a Kafka message, or its send would fail and stop the worker); these say so.
+    raw_value_bytes: int = 0
+    raw_value_truncated: bool = False
 
     @classmethod
     def for_message(
@@ -102,17 +113,25 @@ class DeadLetter(_FlatRecord):
         error_message: str,
         failed_at: str,
         raw_value: bytes | None,
+        raw_size: int | None = None,
     ) -> DeadLetter:
-        """The dead letter of one rejected message, bytes decoded as UTF-8 with replacement."""
+        """The dead letter of one rejected message, bytes decoded as UTF-8 with replacement.
+
+        ``raw_size``: the original value's size when ``raw_value`` was cut already (the re-keying hop).
+        """
+        raw = raw_value or b""
+        size = len(raw) if raw_size is None else raw_size
         return cls.from_values(
             {
                 "original_topic": topic,
                 "original_partition": partition,
                 "original_offset": offset,
-                "original_key": None if key is None else key.decode("utf-8", "replace"),
+                "original_key": None if key is None else key[:MAX_DLQ_KEY_BYTES].decode("utf-8", "replace"),
                 "error_type": error_type,
                 "error_message": error_message,
                 "failed_at": failed_at,
-                "raw_value": "" if raw_value is None else raw_value.decode("utf-8", "replace"),
+                "raw_value": raw[:MAX_DLQ_RAW_BYTES].decode("utf-8", "replace"),
+                "raw_value_bytes": size,
+                "raw_value_truncated": size > MAX_DLQ_RAW_BYTES or len(raw) > MAX_DLQ_RAW_BYTES,
             }
         )

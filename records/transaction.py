@@ -14,6 +14,12 @@ from records.errors import DecodeError, ValidationError
 MAX_ID_CHARS = 128
 MAX_CATEGORY_CHARS = 64
 MAX_AMOUNT = 1e12
+#: ``MAX_MESSAGE_BYTES``' default (app/settings.py): a longer value is rejected without being decoded.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+#: An error message quotes at most this many characters of any input value (they go to logs and the DLQ).
+MAX_QUOTED_CHARS = 100
+#: A decoder's own explanation is cut to this many characters.
+MAX_REASON_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +77,16 @@ def _parse_int(text: str) -> int | float:
         return float(text)
 
 
-def decode_json_object(raw: bytes | None) -> dict[str, Any]:
-    """Strict JSON object from bytes, or :class:`DecodeError`."""
+def decode_json_object(raw: bytes | None, max_bytes: int | None = None) -> dict[str, Any]:
+    """Strict JSON object from bytes, or :class:`DecodeError`.
+
+    A value longer than ``max_bytes`` (None: no limit) is rejected before any
+    decoding: its size is all the error says about it.
+    """
     if raw is None:
         raise DecodeError("value: message has no value (tombstone)")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise DecodeError(f"value: {len(raw)} bytes, more than MAX_MESSAGE_BYTES={max_bytes} (not decoded)")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -84,10 +96,33 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
         try:
             obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise DecodeError(f"value: not strict JSON: {exc}") from None
+            raise DecodeError(f"value: not strict JSON: {_cut(str(exc), MAX_REASON_CHARS)}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"value: expected a JSON object, got {_json_type(obj)}")
     return obj
+
+
+def _cut(text: str, max_chars: int) -> str:
+    """``text`` on one line, at most about ``max_chars`` characters (with how long it was, when cut)."""
+    text = " ".join(text.split()) if "\n" in text or "\r" in text else text
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}... ({len(text)} characters)"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, bounded: never a whole huge input value.
+
+    An integer of more than about 100 digits is described by its size: its
+    ``repr`` would be up to 4,300 characters (and fails beyond).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 330:
+        try:
+            digits = str(len(str(abs(value))))
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            digits = f"about {int(value.bit_length() * math.log10(2)) + 1}"
+        return f"{'a negative' if value < 0 else 'an'} integer of {digits} digits"
+    return _cut(repr(value), MAX_QUOTED_CHARS)
 
 
 def _json_type(value: Any) -> str:
@@ -148,7 +183,7 @@ def validate_transaction(obj: dict[str, Any], now_s: float, max_clock_skew_s: fl
 
     amount = _number(obj, "amount", errors)
     if amount is not None and not 0 <= amount < MAX_AMOUNT:
-        errors.append(f"amount: must be >= 0 and < 1e12, got {amount!r}")
+        errors.append(f"amount: must be >= 0 and < 1e12, got {_shown(amount)}")
 
     merchant_id = _string(obj, "merchant_id", 1, MAX_ID_CHARS, errors)
 
@@ -163,10 +198,10 @@ def validate_transaction(obj: dict[str, Any], now_s: float, max_clock_skew_s: fl
     timestamp = _number(obj, "timestamp", errors)
     if timestamp is not None:
         if not timestamp > 0:
-            errors.append(f"timestamp: must be > 0, got {timestamp!r}")
+            errors.append(f"timestamp: must be > 0, got {_shown(timestamp)}")
         elif timestamp > now_s + max_clock_skew_s:
             errors.append(
-                f"timestamp: {timestamp!r} is more than MAX_CLOCK_SKEW_S={max_clock_skew_s:g}s "
+                f"timestamp: {_shown(timestamp)} is more than MAX_CLOCK_SKEW_S={max_clock_skew_s:g}s "
                 f"ahead of the worker clock ({now_s:.3f})"
             )
 
@@ -189,6 +224,16 @@ def validate_transaction(obj: dict[str, Any], now_s: float, max_clock_skew_s: fl
     )
 
 
-def parse_transaction(raw: bytes | None, now_s: float, max_clock_skew_s: float) -> Transaction:
-    """Raw message value -> :class:`Transaction`, or a :class:`RejectedMessage`."""
-    return validate_transaction(decode_json_object(raw), now_s, max_clock_skew_s)
+def parse_transaction(
+    raw: bytes | None,
+    now_s: float,
+    max_clock_skew_s: float,
+    max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Transaction:
+    """Raw message value -> :class:`Transaction`, or a :class:`RejectedMessage`.
+
+    A value longer than ``max_bytes`` (``MAX_MESSAGE_BYTES``) is a
+    ``DecodeError`` without being decoded. Error messages are one line and
+    bounded: they quote at most :data:`MAX_QUOTED_CHARS` characters of a value.
+    """
+    return validate_transaction(decode_json_object(raw, max_bytes), now_s, max_clock_skew_s)

@@ -139,7 +139,8 @@ def test_the_tombstone_message_is_the_one_validation_writes() -> None:
 
 
 def test_a_dead_letter_decodes_to_its_fields_and_back() -> None:
-    assert set(LETTER_FIELDS) == set(DeadLetter.field_names)
+    # SPEC 6's fields are required; ours (the original size, whether it was cut) are optional.
+    assert set(LETTER_FIELDS) | {"raw_value_bytes", "raw_value_truncated"} == set(DeadLetter.field_names)
     w = letter(key=None, dlq_at=(3, 17))
     assert (w.dlq_partition, w.dlq_offset, w.original_key) == (3, 17, None)
     assert w.failed_at_utc == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -396,3 +397,20 @@ def test_failed_at_with_an_offset_compares_as_an_instant() -> None:
     w = letter(failed_at="2026-01-02T05:00:00.000+02:00")
     assert w.failed_at_utc == datetime(2026, 1, 2, 3, tzinfo=UTC)
     assert w.failed_at_utc == datetime(2026, 1, 2, 5, tzinfo=timezone(timedelta(hours=2)))
+
+
+def test_a_letter_whose_value_was_cut_is_not_replayable() -> None:
+    big = DeadLetter.for_message(
+        topic="transactions",
+        partition=0,
+        offset=5,
+        key=b"u",
+        error_type="DecodeError",
+        error_message="value: too big",
+        failed_at="2026-01-02T03:04:05Z",
+        raw_value=b"x" * (200 * 1024),
+    ).encode()
+    read = decode_letter(0, 1, big)
+    assert read.raw_value_truncated and len(read.raw_value) == 64 * 1024
+    with pytest.raises(NotReplayable, match="cut"):
+        resend_for(read, "transactions")

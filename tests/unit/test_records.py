@@ -383,6 +383,9 @@ DEAD_LETTER_FIELDS = {
     "error_message",
     "failed_at",
     "raw_value",
+    # ours, beyond SPEC 6: the original size, and whether raw_value was cut
+    "raw_value_bytes",
+    "raw_value_truncated",
 }
 
 
@@ -417,6 +420,8 @@ def test_dead_letter_has_every_spec_6_field() -> None:
         "error_message": "amount: must be >= 0 and < 1e12, got -1",
         "failed_at": "2024-05-01T12:00:00.123456+00:00",
         "raw_value": '{"amount": -1}',
+        "raw_value_bytes": 14,
+        "raw_value_truncated": False,
     }
     failed_at = datetime.fromisoformat(letter["failed_at"])
     offset = failed_at.utcoffset()

@@ -12,7 +12,11 @@ requests over the workers it knows, round robin. One pooled aiohttp session
 a ``503`` is retried after its ``Retry-After`` (capped by the deadline) —
 the worker is rebalancing or restoring, or ownership is moving — and a
 connection error on the next worker. ``400`` raises :class:`BadLookup`;
-anything else unexpected raises :class:`LookupFailed`. Imports no Faust: a
+anything else unexpected raises :class:`LookupFailed` (a ``401``/``403``: a
+missing, unknown or under-scoped ``token``). With ``token`` every request
+carries ``Authorization: Bearer <token>`` (a token of scope ``read``, see
+``HTTP_AUTH_TOKENS_FILE``); with ``ssl`` (an ``ssl.SSLContext`` trusting the
+workers' certificate) it talks to ``https://`` workers. Imports no Faust: a
 model server needs only ``aiohttp`` and ``orjson``.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl as ssl_module
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,6 +51,8 @@ class VelocityClient:
         retries: int = 3,
         max_connections: int = 100,
         max_retry_after_s: float = 1.0,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -56,6 +63,8 @@ class VelocityClient:
         self.retries = retries
         self.max_retry_after_s = max_retry_after_s
         self._connector_limit = max_connections
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> VelocityClient:
@@ -72,7 +81,8 @@ class VelocityClient:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connector_limit),
+                connector=aiohttp.TCPConnector(limit=self._connector_limit, ssl=self._ssl),
+                headers=self._headers,
                 json_serialize=lambda v: orjson.dumps(v).decode(),
             )
         return self._session
@@ -137,7 +147,7 @@ class VelocityClient:
                     if status == 400:
                         raise BadLookup(message)
                     if status != 503:
-                        raise LookupFailed(f"{url}: {message}")
+                        raise LookupFailed(f"{url}: {status} {message}")
                     last = f"{url}: 503 {message}"
                     wait = _retry_after(response.headers.get("Retry-After"), self.max_retry_after_s)
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:

@@ -9,11 +9,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.main import app, scorer
+from app.main import app, scorer, settings
 from app.metrics import merge_snapshots
 from app.readiness import is_ready
+from app.web_auth import WebAccess, web_access
 
 PEER_TIMEOUT_S = 2.0
+
+#: How this worker calls the others: ``Authorization`` with HTTP_PEER_TOKEN, TLS trust (app/web_auth.py).
+access: WebAccess = web_access(settings)
 
 
 def worker_urls() -> list[str]:
@@ -53,6 +57,8 @@ async def cluster_stats() -> dict[str, Any]:
             async with app.http_client.get(
                 f"{url}/stats",
                 params={"scope": "worker"},
+                headers=access.peer_headers,
+                ssl=access.peer_ssl,
                 timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S),
             ) as response:
                 if response.status != 200:

@@ -24,7 +24,8 @@ from app.kafka_security import aiokafka_options, explain, faust_credentials
 from app.metrics import PipelineMetrics
 from app.scoring import ModelError, Scorer, load_scorer
 from app.settings import Settings, load_settings
-from app.web_errors import json_errors
+from app.web_auth import auth_middleware, web_access
+from app.web_errors import json_errors, request_timeout, server_options
 from records.errors import SettingsError, TopicMismatchError
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,16 @@ def label_join(s: Settings) -> bool:
 
 
 def build_app(settings: Settings) -> VelocityApp:
+    # Tokens, peer credentials, TLS (app/web_auth.py): a bad tokens file or certificate is a
+    # SettingsError here, one line at start.
+    access = web_access(settings)
+    tls: dict[str, Any] = {}
+    if access.server_ssl is not None:
+        # Other workers reach this one (the canonical URL the assignor shares) over https.
+        tls = {
+            "web_ssl_context": access.server_ssl,
+            "canonical_url": f"https://{settings.web_host}:{settings.web_port}",
+        }
     return VelocityApp(
         settings,
         broker=settings.broker_url,
@@ -121,7 +132,15 @@ def build_app(settings: Settings) -> VelocityApp:
         # Our own pages live at / and /stats; Faust's table browser would expose raw state.
         web_stats_enabled=False,
         web_tables_enabled=False,
-        web_application_options={"middlewares": [json_errors]},
+        web_application_options={
+            "middlewares": [
+                json_errors,
+                auth_middleware(access),
+                request_timeout(settings.http_request_timeout_s),
+            ],
+            "handler_args": server_options(settings.http_request_timeout_s),
+        },
+        **tls,
         origin="app",
         # Faust's consumer group for a brand-new app id starts from the beginning.
         consumer_auto_offset_reset="earliest",

@@ -250,8 +250,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-#: Paths answered without a token when HTTP_AUTH_TOKENS_FILE is set (probes and scrapers).
-HTTP_OPEN_PATHS = ("/health", "/ready", "/metrics")
+#: Paths answered without a token when HTTP_AUTH_TOKENS_FILE is set (SPEC 2: the probes).
+HTTP_OPEN_PATHS = ("/health", "/ready")
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:

@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp
 import orjson
 from faust.web import Request, Response, View
+from yarl import URL
 
-from app.cluster import cluster_stats, local_stats
-from app.main import app
+from app.cluster import access, cluster_stats, local_stats
+from app.main import app, settings
 from app.readiness import is_ready, owned_partitions
 from records.errors import StateCorruptError
 from records.schema import FeaturesLookup
@@ -24,20 +25,53 @@ log = logging.getLogger(__name__)
 
 ROUTED_HEADER = "X-Velocity-Routed"
 RETRY_AFTER_S = "1"
-PROXY_TIMEOUT_S = 5.0
+#: A lookup proxied to its owner gives up after this long: before HTTP_REQUEST_TIMEOUT_S, so that the
+#: client hears that the owner did not answer (503, Retry-After) rather than a bare 504.
+PROXY_TIMEOUT_S = min(5.0, 0.8 * settings.http_request_timeout_s)
+#: The largest ``at``: the end of year 9999 (epoch seconds); transactions' timestamps are > 0.
+MAX_AT_S = 253402300799.0
 
 
-def parse_at(raw: str | None) -> float | None:
-    """``?at=`` as a finite JSON number, or ValueError."""
-    if raw is None:
+def parse_at(raws: list[str]) -> float | None:
+    """The ``?at=`` values of a request as one finite JSON number of epoch seconds, or ValueError."""
+    if not raws:
         return None
+    if len(raws) > 1:
+        raise ValueError(f"give at most one at, got {len(raws)}")
     try:
-        value = orjson.loads(raw)
+        value = orjson.loads(raws[0])
     except orjson.JSONDecodeError:
         raise ValueError("at must be a JSON number of epoch seconds") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError("at must be a finite JSON number of epoch seconds")
+    if not 0 <= value <= MAX_AT_S:
+        raise ValueError(f"at must be epoch seconds between 0 and {MAX_AT_S:.0f} (year 9999)")
     return float(value)
+
+
+def too_long(user_id: str) -> str | None:
+    """Why ``user_id`` is refused (longer than HTTP_MAX_USER_ID_CHARS), or None."""
+    if len(user_id) <= settings.http_max_user_id_chars:
+        return None
+    return (
+        f"user_id has {len(user_id)} characters, more than HTTP_MAX_USER_ID_CHARS="
+        f"{settings.http_max_user_id_chars}"
+    )
+
+
+def peer_url(owner: URL, request: Request) -> URL:
+    """``request``'s path and query, asked of ``owner`` (its canonical URL: scheme, host, port)."""
+    return owner.with_path(request.rel_url.raw_path, encoded=True).with_query(request.rel_url.query)
+
+
+def peer_headers() -> dict[str, str]:
+    """Headers of a call to another worker: routed, with HTTP_PEER_TOKEN when set."""
+    return {ROUTED_HEADER: "1", **access.peer_headers}
+
+
+#: Statuses another worker answers when it refuses this worker's own credentials (HTTP_PEER_TOKEN).
+REFUSED = (401, 403)
+REFUSED_ERROR = "the worker owning this user refused this worker's peer token"
 
 
 def _error(view: View, status: int, message: str, retry: bool = False) -> Response:
@@ -48,7 +82,7 @@ def _error(view: View, status: int, message: str, retry: bool = False) -> Respon
 def _at_when_ready(view: View, request: Request) -> tuple[float | None, Response | None]:
     """``?at=`` of a lookup, and the answer to give instead when there is none: 400 (bad ``at``), 503."""
     try:
-        at_s = parse_at(request.query.get("at"))
+        at_s = parse_at(request.url.query.getall("at", []))
     except ValueError as exc:
         return None, _error(view, 400, str(exc))
     if not is_ready():
@@ -79,7 +113,8 @@ def lookup_here(user_id: str, at_s: float | None) -> tuple[int, dict[str, Any]]:
     return 200, values
 
 
-@app.page("/features/{user_id}")
+# Any user id but '/' (aiohttp's default pattern also refuses '{' and '}'); '%2F' is a '/' in the id.
+@app.page("/features/{user_id:[^/]+}")
 class FeaturesView(View):
     """``GET /features/{user_id}[?at=epoch_s]``: answered by the worker owning the user."""
 
@@ -91,6 +126,8 @@ class FeaturesView(View):
             return _error(self, 500, "internal error; see the worker log")
 
     async def _get(self, request: Request, user_id: str) -> Response:
+        if (why := too_long(user_id)) is not None:
+            return _error(self, 400, why)
         at_s, refused = _at_when_ready(self, request)
         if refused is not None:
             return refused
@@ -108,15 +145,18 @@ class FeaturesView(View):
             return _error(self, status, body["error"])
         return self.bytes(FeaturesLookup.from_values(body).encode(), content_type="application/json")
 
-    async def _proxy(self, request: Request, owner: Any) -> Response:
-        url = request.url.with_host(owner.host).with_port(owner.port)
+    async def _proxy(self, request: Request, owner: URL) -> Response:
         try:
             async with app.http_client.get(
-                url,
-                headers={ROUTED_HEADER: "1"},
+                peer_url(owner, request),
+                headers=peer_headers(),
+                ssl=access.peer_ssl,
                 timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
             ) as response:
                 body = await response.read()
+                if response.status in REFUSED:
+                    log.warning("owner %s refused this worker's HTTP_PEER_TOKEN (%s)", owner, response.status)
+                    return _error(self, 503, REFUSED_ERROR, retry=True)
                 headers = {}
                 if "Retry-After" in response.headers:
                     headers["Retry-After"] = response.headers["Retry-After"]
@@ -165,12 +205,15 @@ class FeaturesBatchView(View):
             return _error(self, 400, "give one or more user_id query parameters")
         if len(users) > MAX_BATCH_USERS:
             return _error(self, 400, f"at most {MAX_BATCH_USERS} user_id per request, got {len(users)}")
+        for user_id in users:
+            if (why := too_long(user_id)) is not None:
+                return _error(self, 400, why)
         at_s, refused = _at_when_ready(self, request)
         if refused is not None:
             return refused
         routed = bool(request.headers.get(ROUTED_HEADER))
         answers: dict[str, dict[str, Any]] = {}
-        remote: dict[tuple[str, int], list[str]] = {}
+        remote: dict[URL, list[str]] = {}
         for user_id in dict.fromkeys(users):  # each distinct user once
             try:
                 owner = app.router.key_store(user_state.name, user_id)
@@ -182,30 +225,36 @@ class FeaturesBatchView(View):
             elif routed:
                 answers[user_id] = _item(user_id, 503, {"error": "ownership is moving between workers"})
             else:
-                remote.setdefault((str(owner.host), int(owner.port or 0)), []).append(user_id)
+                remote.setdefault(owner, []).append(user_id)
         shares = await asyncio.gather(*(self._ask(request, where, share) for where, share in remote.items()))
         for share in shares:
             answers.update(share)
         body = {"results": [answers[user_id] for user_id in users]}
         return self.bytes(orjson.dumps(body), content_type="application/json")
 
-    async def _ask(self, request: Request, where: tuple[str, int], users: list[str]) -> dict[str, Any]:
+    async def _ask(self, request: Request, owner: URL, users: list[str]) -> dict[str, Any]:
         """One owner's share of the batch, from that owner."""
         query: list[tuple[str, str]] = [("user_id", u) for u in users]
         if "at" in request.query:
             query.append(("at", request.query["at"]))
-        url = request.url.with_host(where[0]).with_port(where[1]).with_query(query)
+        url = peer_url(owner, request).with_query(query)
         try:
             async with app.http_client.get(
-                url, headers={ROUTED_HEADER: "1"}, timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)
+                url,
+                headers=peer_headers(),
+                ssl=access.peer_ssl,
+                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
             ) as response:
+                if response.status in REFUSED:
+                    log.warning("owner %s refused this worker's HTTP_PEER_TOKEN (%s)", owner, response.status)
+                    return {u: _item(u, 503, {"error": REFUSED_ERROR}) for u in users}
                 body = await response.json(loads=orjson.loads)
                 if response.status == 200:
                     return {item["user_id"]: item for item in body["results"]}
                 error = {"error": str(body.get("error", f"owner answered {response.status}"))}
                 status = response.status if response.status in (400, 503) else 503
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            log.warning("owner %s:%s of a batched lookup did not answer: %s", *where, exc)
+            log.warning("owner %s of a batched lookup did not answer: %s", owner, exc)
             error, status = {"error": "the worker owning this user did not answer"}, 503
         return {u: _item(u, status, error) for u in users}
 

@@ -58,9 +58,14 @@
     if (!rows.length) body.innerHTML = '<tr><td class="muted">no partitions owned yet</td></tr>';
   }
 
+  // With HTTP_AUTH_TOKENS_FILE the page's data calls need a token: open the page as /#token=<an ops token>
+  // (a fragment never leaves the browser; README, Production).
+  const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
+  const AUTH = TOKEN ? { Authorization: "Bearer " + TOKEN } : {};
+
   async function poll() {
     try {
-      const res = await fetch("/stats", { cache: "no-store" });
+      const res = await fetch("/stats", { cache: "no-store", headers: AUTH });
       const body = await res.json();
       const c = body.cluster;
       if (!seeded && Array.isArray(body.history)) {
@@ -150,7 +155,7 @@
     if (!user) return;
     out.className = "muted"; out.textContent = "looking up…";
     try {
-      const res = await fetch("/features/" + encodeURIComponent(user), { cache: "no-store" });
+      const res = await fetch("/features/" + encodeURIComponent(user), { cache: "no-store", headers: AUTH });
       const body = await res.json();
       if (!res.ok) { out.className = "error"; out.textContent = res.status + ": " + body.error; return; }
       const grid = document.createElement("div");

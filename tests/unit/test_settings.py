@@ -157,7 +157,7 @@ def test_the_security_settings(tmp_path: Path) -> None:
         None,
         None,
     )
-    assert default.http_open_paths == ("/health", "/ready", "/metrics")
+    assert default.http_open_paths == ("/health", "/ready")  # SPEC 2; /metrics needs ops unless opened
     secret = tmp_path / "password"
     secret.write_text("s3cret\nignored\n")
     chosen = load_settings(

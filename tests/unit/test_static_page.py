@@ -18,3 +18,11 @@ def test_page_loads_nothing_from_another_host() -> None:
             assert (STATIC / ref.removeprefix("/static/")).is_file(), ref
     js = (STATIC / "dashboard.js").read_text()
     assert not re.search(r"https?://", js), "the page script talks only to its own worker"
+
+
+def test_the_page_sends_the_token_of_its_fragment_on_every_data_call() -> None:
+    """With HTTP_AUTH_TOKENS_FILE, /#token=<ops token> lets the page's own calls through (README)."""
+    js = (STATIC / "dashboard.js").read_text()
+    assert 'new URLSearchParams(location.hash.slice(1)).get("token")' in js
+    calls = re.findall(r"fetch\(([^;]+)\);", js)
+    assert len(calls) == 2 and all("headers: AUTH" in c for c in calls), calls

@@ -270,7 +270,11 @@ class DriftAggregator:
 
     def _record(self, feature: str, name: str, start: float, end: float, sketch: Sketch) -> dict[str, Any]:
         ref = self._reference(name, feature, start)
-        value = psi(sketch, ref) if ref is not None and ref.count + ref.nulls > 0 else None
+        # A reference thinner than DRIFT_MIN_COUNT (a first, partial period) compares with nothing: PSI
+        # on a few values is noise, and a window would warn against it.
+        if ref is not None and ref.count + ref.nulls < self.min_count:
+            ref = None
+        value = psi(sketch, ref) if ref is not None else None
         warning = (
             value is not None and value >= self.psi_warn and sketch.count + sketch.nulls >= self.min_count
         )

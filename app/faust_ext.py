@@ -28,6 +28,7 @@ from aiokafka import errors as kafka_errors
 from faust.exceptions import ProducerSendError
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
+from faust.transport.consumer import TransactionManager as FaustTransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Signal
@@ -506,9 +507,47 @@ class Producer(faust_aiokafka.Producer):
             log.info("stopping the fenced producer %s: %r", transactional_id, exc)
 
 
+class TransactionManager(FaustTransactionManager):
+    """Under exactly_once, Faust's sends that name no transaction (its own tables' changelogs)."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        """As Faust, but a topic outside the assignor's topic groups goes outside any transaction.
+
+        Faust (0.15.3) picks the transaction from the destination topic's group;
+        a table changelog (``monitoring-state``, whose sender is an ordinary agent)
+        is not always in the groups (a rebalance rebuilds them), and the
+        ``KeyError`` crashed the producer buffer, so the worker (a broker restart
+        under exactly_once). Such a record is then sent like any other
+        non-transactional one: the aggregator's figures are at-least-once anyway
+        (README, the fraud loop).
+
+        Test: ``tests/integration/test_broker_restart.py`` (exactly_once).
+        """
+        assignor = self.app.assignor
+        if partition is not None or self.consumer.key_partition(topic, key, partition) is not None:
+            try:
+                assignor.group_for_topic(topic)
+            except KeyError:
+                return await self.producer.send(
+                    topic, key, value, partition, timestamp, headers, transactional_id=None
+                )
+        return await super().send(topic, key, value, partition, timestamp, headers)
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
     Producer = Producer
+    TransactionManager = TransactionManager
 
 
 class Recovery(FaustRecovery):

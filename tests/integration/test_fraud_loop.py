@@ -66,7 +66,7 @@ async def test_a_drift_alert_on_a_shift_and_none_on_stable_traffic(topics: Topic
     worker = spawn(DRIFT_WINDOW_S="3", DRIFT_REFERENCE_S="9", DRIFT_MIN_COUNT="250")
     worker.wait_ready()
     rng = random.Random(5)
-    await paced(topics.transactions, 21.0, 40, 1.0, rng)
+    await paced(topics.transactions, 24.0, 40, 1.0, rng)
     shifted_at = time.time()
     await paced(topics.transactions, 9.0, 40, 3.0, rng)  # every amount x3
 

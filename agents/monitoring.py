@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -50,6 +51,20 @@ MONITORING = monitoring_topic.get_topic_name()
 PARTIAL_EVERY_S = min(1.0, settings.drift_window_s / 4)
 
 
+async def each_message(stream: Any, handle: Callable[[TransactionOf, Any], Awaitable[None]]) -> None:
+    """Faust's per-message path for the loop's small topics: each message under the processing
+    boundary (no commit between its outputs and its ack), skipped if stale, its outputs in its
+    input partition's transaction."""
+    async for event in stream.events():
+        message = event.message
+        async with app.message_boundary:
+            if app.is_stale(message):
+                continue
+            await handle(TransactionOf(transactional_id(message.tp)), message)
+            app.processed(message)
+            event.ack()
+
+
 async def route_label(
     work: TransactionOf, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
 ) -> None:
@@ -80,21 +95,13 @@ if label_join(settings):
     @app.agent(labels_topic, name="velocity-labels")
     async def route_labels(stream: Any) -> None:
         """Labels to the partitions of their predictions (see the module doc)."""
-        async for event in stream.events():
-            message = event.message
-            async with app.message_boundary:
-                if app.is_stale(message):
-                    continue
-                await route_label(
-                    TransactionOf(transactional_id(message.tp)),
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    message.key,
-                    message.value,
-                )
-                app.processed(message)
-                event.ack()
+
+        async def handle(work: TransactionOf, message: Any) -> None:
+            await route_label(
+                work, message.topic, message.partition, message.offset, message.key, message.value
+            )
+
+        await each_message(stream, handle)
 
 
 async def aggregate(work: TransactionOf, key: bytes | None, value: bytes | None) -> None:
@@ -127,14 +134,11 @@ async def aggregate(work: TransactionOf, key: bytes | None, value: bytes | None)
 @app.agent(monitoring_topic, name="velocity-monitoring")
 async def monitor(stream: Any) -> None:
     """The one aggregator of drift partials and joined labels (app/drift.py)."""
-    async for event in stream.events():
-        message = event.message
-        async with app.message_boundary:
-            if app.is_stale(message):
-                continue
-            await aggregate(TransactionOf(transactional_id(message.tp)), message.key, message.value)
-            app.processed(message)
-            event.ack()
+
+    async def handle(work: TransactionOf, message: Any) -> None:
+        await aggregate(work, message.key, message.value)
+
+    await each_message(stream, handle)
 
 
 @timer(app, PARTIAL_EVERY_S)

@@ -48,6 +48,7 @@ class Settings:
     producer_linger_ms: int
     producer_max_batch_size: int
     consumer_max_fetch_size: int
+    consumer_fetch_max_wait_ms: int
     broker_max_poll_records: int
     broker_session_timeout_s: float
     expiry_sweep_interval_s: float
@@ -219,6 +220,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         producer_linger_ms=_int(env, "PRODUCER_LINGER_MS", 20, 0, 1000),
         producer_max_batch_size=_int(env, "PRODUCER_MAX_BATCH_SIZE", 262_144, 1024, 1_000_000),
         consumer_max_fetch_size=_int(env, "CONSUMER_MAX_FETCH_SIZE", 8 * 1024 * 1024, 1024, 1 << 30),
+        consumer_fetch_max_wait_ms=_int(env, "CONSUMER_FETCH_MAX_WAIT_MS", 100, 1, 60_000),
         broker_max_poll_records=_int(env, "BROKER_MAX_POLL_RECORDS", 5000, 1, 1_000_000),
         broker_session_timeout_s=_session_timeout(env),
         expiry_sweep_interval_s=_positive_seconds(env, "EXPIRY_SWEEP_INTERVAL_S", 30),

@@ -952,7 +952,9 @@ def main() -> None:
         help="group membership modes of the rolling restart",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, data) and the run's topics"
+    )
     args = ap.parse_args()
 
     size = SIZES[args.size]
@@ -1002,6 +1004,11 @@ def main() -> None:
     run.log(f"wrote {args.out}/latest.json, latest.md, throughput.png in {meta['seconds']}s; logs in {work}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+        try:
+            deleted = asyncio.run(harness.delete_topics_with(run.tag))
+            run.log(f"deleted the run's {deleted} topics (--keep keeps them)")
+        except Exception as exc:  # noqa: BLE001 (the figures are written; this is housekeeping)
+            run.log(f"could not delete the run's topics: {type(exc).__name__}: {exc}")
 
 
 def _cpus() -> int:

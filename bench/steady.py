@@ -137,7 +137,9 @@ async def run_steady(
                         t_in = sent_at.get(v.get("transaction_id", ""))
                         if t_in is not None and t_in >= t_warm:
                             result.fresh_ms.append((v["computed_at"] - t_in) * 1000.0)
+                            series.append((round(t_in - t_warm, 3), round(result.fresh_ms[-1], 2)))
 
+        series: list[tuple[float, float]] = []  # (sent, seconds after the warm-up; freshness ms)
         reader = asyncio.create_task(read())
         try:
             lookups_proc = await _probe(
@@ -175,6 +177,8 @@ async def run_steady(
                 await proc.wait()
         await producer.stop()
         await consumer.stop()
+    # Per record, for a look at when the slow ones were sent (kept with --keep).
+    (work / "freshness.json").write_text(json.dumps(series))
     counted = sum(1 for t in sent_at.values() if t >= t_warm)
     result.missing_records = max(0, counted - len(result.fresh_ms))
     if lookups_out.exists():

@@ -37,11 +37,12 @@ lookups in the past) fall back to slices for the maximum and unique counts.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import repeat
-from operator import mul, sub
+from operator import itemgetter, mul, sub
 from typing import Any, Literal
 
 import orjson
@@ -56,6 +57,7 @@ DEFAULT_CHUNK_ROWS = 128
 # Initial scale of the exact prefix sums: amounts >= 2**-11 (all amounts with
 # cents, say) are exact ints times 2**64; a finer amount rescales the sums.
 _MIN_SUM_EXP = 64
+_MIN_SUM_SCALE = float(2**_MIN_SUM_EXP)
 # The maxima and per-merchant counts are kept from _BIG_FROM retained
 # transactions on, until there are fewer than _BIG_UNTIL (apart, so that a
 # user hovering around one size does not rebuild them again and again).
@@ -120,28 +122,40 @@ class Outcome:
     reason: str = ""  # for late events: the human line for the dead letter
 
 
+_NO_CHUNKS = orjson.Fragment(b"[]")
+#: Per retained transaction, its id, merchant and category follow one another in ``_strs``.
+_ID, _MERCHANT, _CATEGORY, _STRIDE = 0, 1, 2, 3
+
+
 class UserWindow:
-    """All retained transactions of one user, sorted by (timestamp, acceptance)."""
+    """All retained transactions of one user, sorted by (timestamp, acceptance).
+
+    Held as a handful of flat containers (arrays of floats, one list of
+    strings, a bytearray) rather than an object per transaction: a decoded
+    window is about five objects the garbage collector tracks, whatever its
+    size, so the collections of a worker that decodes thousands of windows a
+    second stay short (README, *Performance*).
+    """
 
     __slots__ = (
         "_amounts",
         "_big",
         "_by_id",
-        "_chunk_list",
+        "_chunk_frag",
         "_chunks_min_ts",
         "_exp",
         "_max_amounts",
         "_max_ts",
-        "_merchants",
         "_merchants_1h",
         "_merchants_24h",
+        "_online",
         "_sq_sums",
         "_start",
+        "_strs",
         "_sums",
+        "_tail",
         "_tail_min_ts",
-        "_tail_rows",
         "_ts",
-        "_txns",
         "chunk_rows",
         "chunks",
         "evicted_ts_s",
@@ -149,7 +163,6 @@ class UserWindow:
         "latest_ts_s",
         "next_chunk",
         "next_seq",
-        "tail",
         "user_id",
     )
 
@@ -162,44 +175,62 @@ class UserWindow:
         self.next_seq = 0
         self.next_chunk = 0
         self.chunks: dict[int, float] = {}  # chunk no -> max timestamp in it
-        self.tail: list[Transaction] = []  # accepted since the last seal, acceptance order
-        # Caches: t.row() of each tail entry, the smallest timestamp in the tail,
-        # the chunk index as stored and the smallest max timestamp of a chunk.
-        self._tail_rows: list[list[Any]] = []
-        self._tail_min_ts = math.inf
-        self._chunk_list: list[list[Any]] = []
+        # The chunk index as stored, and the smallest max timestamp of a chunk.
+        self._chunk_frag = _NO_CHUNKS
         self._chunks_min_ts = math.inf
-        # Parallel arrays sorted by (ts, seq), for bisect and C-speed slices.
+        # The tail (accepted since the last seal, acceptance order) as stored:
+        # timestamp and encoded row alternating, and its smallest timestamp.
+        self._tail: list[Any] = []
+        self._tail_min_ts = math.inf
+        # Parallel arrays sorted by (ts, acceptance), for bisect and C-speed
+        # slices; entry i's strings are _strs[3i:3i+3] (id, merchant, category).
         # Entries before _start are evicted; they are dropped in bulk (see _evict).
         self._start = 0
-        self._ts: list[float] = []
-        self._amounts: list[float] = []
-        self._merchants: list[str] = []
-        self._txns: list[Transaction] = []
-        self._by_id: dict[str, Transaction] = {}
-        # Exact prefix sums, one entry longer than _ts: _sums[j] - _sums[i] is the
-        # sum of the amounts of entries i..j-1 times 2**_exp, _sq_sums the same
-        # for their squares times 2**(2 * _exp). Only differences are meaningful.
-        self._exp = _MIN_SUM_EXP
-        self._sums: list[int] = [0]
-        self._sq_sums: list[int] = [0]
-        # Only while the window is big (_big), see _set_big: the right-to-left
-        # maxima of the retained amounts (the entries larger than every later
-        # one, by position, so strictly decreasing amounts), and merchant ->
-        # count over the retained entries with M - W < ts <= M.
+        self._ts = array("d")
+        self._amounts = array("d")
+        self._strs: list[str] = []
+        self._online = bytearray()
+        self._by_id: dict[str, float] = {}  # retained id -> its timestamp
         self._big = False
-        self._max_ts: list[float] = []
-        self._max_amounts: list[float] = []
+        # Only while the window is big (_big), see _set_big:
+        # exact prefix sums, one entry longer than _ts: _sums[j] - _sums[i] is
+        # the sum of the amounts of entries i..j-1 times 2**_exp, _sq_sums the
+        # same for their squares times 2**(2 * _exp) (small windows sum their
+        # slices instead); the right-to-left maxima of the retained amounts
+        # (the entries larger than every later one, by position, so strictly
+        # decreasing amounts); and merchant -> count over the retained entries
+        # with M - W < ts <= M.
+        self._exp = _MIN_SUM_EXP
+        self._sums = self._sq_sums = _NO_SUMS
+        self._max_ts = _EMPTY
+        self._max_amounts = _EMPTY
         self._merchants_1h: dict[str, int] = {}
         self._merchants_24h: dict[str, int] = {}
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        return len(self._txns) - self._start
+        return len(self._ts) - self._start
+
+    def _txn(self, i: int) -> Transaction:
+        s = _STRIDE * i
+        return Transaction(
+            self._strs[s + _ID],
+            self.user_id,
+            self._amounts[i],
+            self._strs[s + _MERCHANT],
+            self._strs[s + _CATEGORY],
+            self._ts[i],
+            bool(self._online[i]),
+        )
 
     @property
     def retained(self) -> list[Transaction]:
-        return self._txns[self._start :]
+        return [self._txn(i) for i in range(self._start, len(self._ts))]
+
+    @property
+    def tail(self) -> list[Transaction]:
+        """The transactions accepted since the last seal, in acceptance order, as stored."""
+        return [_from_row(self.user_id, orjson.loads(row))[1] for row in self._tail[1::2]]
 
     def retention_floor_s(self) -> float:
         """Transactions with ``ts <= floor`` are evicted.
@@ -221,6 +252,14 @@ class UserWindow:
             return None
         return _difference(self.latest_ts_s, self.lateness_s, round_up=True)
 
+    def _position(self, transaction_id: str, ts: float) -> int:
+        """Where the retained transaction ``transaction_id`` (at ``ts``) is."""
+        strs = self._strs
+        i = bisect_left(self._ts, ts, self._start)
+        while strs[_STRIDE * i + _ID] != transaction_id:
+            i += 1
+        return i
+
     # ---------------------------------------------------------------- updates
     def apply(self, txn: Transaction, computed_at_s: float, with_head: bool = True) -> Outcome:
         """Process one validated transaction (SPEC 4: duplicates, lateness, accept).
@@ -229,18 +268,19 @@ class UserWindow:
         keeps the window in memory stores :meth:`encode_head` when it lets
         the window go (the export), instead of once per transaction.
         """
-        known = self._by_id.get(txn.transaction_id)
+        known_ts = self._by_id.get(txn.transaction_id)
         floor = self.lateness_floor_s()
-        if known is not None:
+        if known_ts is not None:
             assert floor is not None
-            if known.timestamp >= floor:
-                return Outcome("duplicate", self.features_for(known, computed_at_s), ())
+            if known_ts >= floor:
+                p = self._position(txn.transaction_id, known_ts)
+                return Outcome("duplicate", self._features_at(p, computed_at_s), ())
             return Outcome(
                 "late",
                 None,
                 (),
                 f"timestamp: duplicate of transaction_id {txn.transaction_id!r} at "
-                f"{known.timestamp!r}, older than the lateness floor {floor!r} (M - ALLOWED_LATENESS_S)",
+                f"{known_ts!r}, older than the lateness floor {floor!r} (M - ALLOWED_LATENESS_S)",
             )
         if floor is not None and txn.timestamp < floor:
             return Outcome(
@@ -250,36 +290,40 @@ class UserWindow:
                 f"timestamp: {txn.timestamp!r} is older than the lateness floor {floor!r} "
                 f"(latest {self.latest_ts_s!r} - ALLOWED_LATENESS_S {self.lateness_s!r})",
             )
-        accepted = txn
-        self._tail_rows.append(_row(accepted, self.next_seq))
+        ts = txn.timestamp
+        self._tail += (ts, orjson.dumps(_row(txn, self.next_seq)))
         self.next_seq += 1
+        if ts < self._tail_min_ts:
+            self._tail_min_ts = ts
         previous = self.latest_ts_s
-        if previous is None or accepted.timestamp > previous:
-            self.latest_ts_s = accepted.timestamp
-        self._insert(accepted, previous)
-        self.tail.append(accepted)
-        self._tail_min_ts = min(self._tail_min_ts, accepted.timestamp)
-        writes = self._evict()
-        size = len(self._txns) - self._start
+        if previous is None or ts > previous:
+            self.latest_ts_s = ts
+        i = self._insert(txn, previous)
+        writes, evicted = self._evict()
+        size = len(self._ts) - self._start
         if size >= _BIG_FROM if not self._big else size < _BIG_UNTIL:
             self._set_big(not self._big)
-        if len(self.tail) >= self.chunk_rows:
+        if len(self._tail) >= 2 * self.chunk_rows:
             writes.append(self._seal())
         if with_head:
             writes.append(StateWrite(None, self.encode_head()))
-        return Outcome("accepted", self.features_for(accepted, computed_at_s), tuple(writes))
+        # The new entry is retained (ts >= M - L > M - 24 h - L); evictions moved it.
+        return Outcome("accepted", self._features_at(i - evicted, computed_at_s), tuple(writes))
 
-    def _insert(self, txn: Transaction, previous_m: float | None) -> None:
-        """Add ``txn`` (``latest_ts_s`` already includes it; it was ``previous_m``)."""
+    def _insert(self, txn: Transaction, previous_m: float | None) -> int:
+        """Add ``txn`` (``latest_ts_s`` already includes it; it was ``previous_m``); its position."""
         # bisect_right on ts puts it after equal timestamps: accepted last.
         ts = txn.timestamp
         amount = txn.amount
         i = bisect_right(self._ts, ts, self._start)
         self._ts.insert(i, ts)
         self._amounts.insert(i, amount)
-        self._merchants.insert(i, txn.merchant_id)
-        self._txns.insert(i, txn)
-        self._by_id[txn.transaction_id] = txn
+        s = _STRIDE * i
+        self._strs[s:s] = (txn.transaction_id, txn.merchant_id, txn.merchant_category)
+        self._online.insert(i, txn.is_online)
+        self._by_id[txn.transaction_id] = ts
+        if not self._big:
+            return i
 
         num, den = amount.as_integer_ratio()
         e = den.bit_length() - 1
@@ -298,8 +342,6 @@ class UserWindow:
             sums[i + 2 :] = [v + scaled for v in sums[i + 2 :]]
             sq_sums[i + 2 :] = [v + squared for v in sq_sums[i + 2 :]]
 
-        if not self._big:
-            return
         m = self.latest_ts_s
         assert m is not None
         if previous_m is not None and m > previous_m:
@@ -315,12 +357,13 @@ class UserWindow:
         max_ts, max_amounts = self._max_ts, self._max_amounts
         k = bisect_right(max_ts, ts)
         if k < len(max_amounts) and max_amounts[k] >= amount:
-            return
+            return i
         j = k
         while j and max_amounts[j - 1] <= amount:
             j -= 1
-        max_ts[j:k] = [ts]
-        max_amounts[j:k] = [amount]
+        max_ts[j:k] = array("d", (ts,))
+        max_amounts[j:k] = array("d", (amount,))
+        return i
 
     def _rescale(self, exp: int) -> None:
         shift = exp - self._exp
@@ -328,13 +371,16 @@ class UserWindow:
         self._sums = [v << shift for v in self._sums]
         self._sq_sums = [v << (2 * shift) for v in self._sq_sums]
 
+    def _merchant_slice(self, lo: int, hi: int) -> list[str]:
+        return self._strs[_STRIDE * lo + _MERCHANT : _STRIDE * hi : _STRIDE]
+
     def _slide_merchants(self, old_m: float, new_m: float) -> None:
         """M moved from ``old_m`` to ``new_m``: uncount what left the windows ending at M."""
-        ts, merchants, start = self._ts, self._merchants, self._start
+        ts, start = self._ts, self._start
         for width, counts in ((WINDOW_1H_S, self._merchants_1h), (WINDOW_24H_S, self._merchants_24h)):
             lo = bisect_right(ts, old_m - width, start)
             hi = bisect_right(ts, new_m - width, lo)
-            for merchant in merchants[lo:hi]:
+            for merchant in self._merchant_slice(lo, hi):
                 left = counts[merchant] - 1
                 if left:
                     counts[merchant] = left
@@ -348,27 +394,32 @@ class UserWindow:
         exist does not matter for the features.
         """
         self._big = big
-        self._max_ts, self._max_amounts = [], []
+        self._sums = self._sq_sums = _NO_SUMS
+        self._max_ts, self._max_amounts = _EMPTY, _EMPTY
         self._merchants_1h, self._merchants_24h = {}, {}
         if not big:
             return
+        self._build_sums()
         start = self._start
-        max_ts, max_amounts = self._max_ts, self._max_amounts
-        for i in range(len(self._ts) - 1, start - 1, -1):
-            a = self._amounts[i]
+        max_ts: list[float] = []
+        max_amounts: list[float] = []
+        ts, amounts = self._ts, self._amounts
+        for i in range(len(ts) - 1, start - 1, -1):
+            a = amounts[i]
             if not max_amounts or a > max_amounts[-1]:
-                max_ts.append(self._ts[i])
+                max_ts.append(ts[i])
                 max_amounts.append(a)
         max_ts.reverse()
         max_amounts.reverse()
+        self._max_ts, self._max_amounts = array("d", max_ts), array("d", max_amounts)
         m = self.latest_ts_s
         assert m is not None
         for width, counts in ((WINDOW_1H_S, self._merchants_1h), (WINDOW_24H_S, self._merchants_24h)):
-            for merchant in self._merchants[bisect_right(self._ts, m - width, start) :]:
+            for merchant in self._merchant_slice(bisect_right(ts, m - width, start), len(ts)):
                 counts[merchant] = counts.get(merchant, 0) + 1
 
     def _build_sums(self) -> None:
-        """Recompute the prefix sums from the amounts (after decode)."""
+        """The prefix sums of all entries (before ``_start`` too, so positions line up)."""
         pairs = [a.as_integer_ratio() for a in self._amounts]
         exp = max([_MIN_SUM_EXP, *(den.bit_length() - 1 for _, den in pairs)])
         s1 = s2 = 0
@@ -381,34 +432,41 @@ class UserWindow:
             sq_sums.append(s2)
         self._exp, self._sums, self._sq_sums = exp, sums, sq_sums
 
-    def _evict(self) -> list[StateWrite]:
+    def _evict(self) -> tuple[list[StateWrite], int]:
+        """Drop what fell out of the retention; the writes and how far positions moved."""
         floor = self.retention_floor_s()
         start = self._start
         end = bisect_right(self._ts, floor, start)
         writes: list[StateWrite] = []
         if end == start:
-            return writes
-        gone = self._txns[start:end]
-        self.evicted_ts_s = max(self.evicted_ts_s or gone[-1].timestamp, gone[-1].timestamp)
-        for t in gone:
+            return writes, 0
+        latest_gone = self._ts[end - 1]
+        if self.evicted_ts_s is None or latest_gone > self.evicted_ts_s:
+            self.evicted_ts_s = latest_gone
+        by_id, strs, ts = self._by_id, self._strs, self._ts
+        for k in range(start, end):
+            txid = strs[_STRIDE * k + _ID]
             # An id may have been re-used by a later, retained transaction.
-            if self._by_id.get(t.transaction_id) is t:
-                del self._by_id[t.transaction_id]
+            if by_id.get(txid) == ts[k]:
+                del by_id[txid]
         # Deleting from the front of the arrays moves all of them: do it only
         # once the evicted entries are as many as the retained ones.
         self._start = end
-        if 2 * end >= len(self._ts):
-            del self._ts[:end], self._amounts[:end], self._merchants[:end], self._txns[:end]
-            del self._sums[:end], self._sq_sums[:end]
+        moved = 0
+        if 2 * end >= len(ts):
+            del ts[:end], self._amounts[:end], strs[: _STRIDE * end], self._online[:end]
+            if self._big:
+                del self._sums[:end], self._sq_sums[:end]
             self._start = 0
+            moved = end
         if self._big:
             k = bisect_right(self._max_ts, floor)
             del self._max_ts[:k], self._max_amounts[:k]
         if self._tail_min_ts <= floor:
-            kept = [(t, r) for t, r in zip(self.tail, self._tail_rows, strict=True) if t.timestamp > floor]
-            self.tail = [t for t, _ in kept]
-            self._tail_rows = [r for _, r in kept]
-            self._tail_min_ts = min([t.timestamp for t in self.tail], default=math.inf)
+            tail = self._tail
+            kept = [k for k in range(0, len(tail), 2) if tail[k] > floor]
+            self._tail = [v for k in kept for v in (tail[k], tail[k + 1])]
+            self._tail_min_ts = min(self._tail[::2], default=math.inf)
         # A chunk's latest transaction is evicted in the call that makes the chunk
         # evictable, so with nothing evicted (the early return) no chunk is.
         if self._chunks_min_ts <= floor:
@@ -416,28 +474,27 @@ class UserWindow:
                 del self.chunks[no]
                 writes.append(StateWrite(no, None))
             self._chunks_changed()
-        return writes
+        return writes, moved
 
     def _chunks_changed(self) -> None:
-        self._chunk_list = [[no, max_ts] for no, max_ts in self.chunks.items()]
+        self._chunk_frag = orjson.Fragment(orjson.dumps([[no, max_ts] for no, max_ts in self.chunks.items()]))
         self._chunks_min_ts = min(self.chunks.values(), default=math.inf)
 
     def _seal(self) -> StateWrite:
         no = self.next_chunk
         self.next_chunk += 1
-        self.chunks[no] = max(t.timestamp for t in self.tail)
-        value = orjson.dumps(self._tail_rows)
-        self.tail = []
-        self._tail_rows = []
+        self.chunks[no] = max(self._tail[::2])
+        value = b"[" + b",".join(self._tail[1::2]) + b"]"
+        self._tail = []
         self._tail_min_ts = math.inf
         self._chunks_changed()
         return StateWrite(no, value)
 
     # --------------------------------------------------------------- features
-    def features_for(self, x: Transaction, computed_at_s: float) -> dict[str, Any]:
-        """The record of retained transaction ``x``, evaluated at ``T = x.timestamp``."""
-        record = self._window_fields(x.timestamp, x)
-        record.update(self._x_fields(x))
+    def _features_at(self, p: int, computed_at_s: float) -> dict[str, Any]:
+        """The record of the retained transaction at position ``p``, evaluated at its timestamp."""
+        record = self._window_fields(self._ts[p], p)
+        record.update(self._x_fields(p))
         record["computed_at"] = computed_at_s
         return record
 
@@ -449,7 +506,7 @@ class UserWindow:
         assert self.latest_ts_s is not None
         t = self.latest_ts_s if at_s is None else at_s
         hi = bisect_right(self._ts, t, self._start)
-        x = self._txns[hi - 1] if hi > self._start else None
+        x = hi - 1 if hi > self._start else None
         record = self._window_fields(t, x)
         if x is None:
             record.update(
@@ -466,27 +523,31 @@ class UserWindow:
         record["computed_at"] = computed_at_s
         return record
 
-    def _x_fields(self, x: Transaction) -> dict[str, Any]:
+    def _x_fields(self, p: int) -> dict[str, Any]:
+        s = _STRIDE * p
         return {
-            "transaction_id": x.transaction_id,
-            "event_time": x.timestamp,
-            "current_amount": x.amount,
-            "is_online": x.is_online,
-            "merchant_category": x.merchant_category,
-            "seconds_since_last_tx": self._seconds_since_previous(x),
+            "transaction_id": self._strs[s + _ID],
+            "event_time": self._ts[p],
+            "current_amount": self._amounts[p],
+            "is_online": bool(self._online[p]),
+            "merchant_category": self._strs[s + _CATEGORY],
+            "seconds_since_last_tx": self._seconds_since_previous(p),
         }
 
-    def _seconds_since_previous(self, x: Transaction) -> float | None:
-        # Entries with ts <= x.ts are [start, hi); x is one of them. If any other
-        # has x's timestamp the answer is 0, else it is the one just before.
-        hi = bisect_right(self._ts, x.timestamp, self._start)
+    def _seconds_since_previous(self, p: int) -> float | None:
+        # Entries with ts <= x.ts are [start, hi); x (at p) is one of them. If any
+        # other has x's timestamp the answer is 0, else it is the one just before.
+        ts = self._ts
+        t = ts[p]
+        hi = bisect_right(ts, t, self._start)
         if hi - self._start >= 2:
-            return x.timestamp - self._ts[hi - 2] if self._txns[hi - 1] is x else 0.0
+            return t - ts[hi - 2] if p == hi - 1 else 0.0
         if self.evicted_ts_s is not None:
-            return x.timestamp - self.evicted_ts_s
+            return t - self.evicted_ts_s
         return None
 
-    def _window_fields(self, t: float, x: Transaction | None) -> dict[str, Any]:
+    def _window_fields(self, t: float, x: int | None) -> dict[str, Any]:
+        """The window fields at ``T = t``; ``x``: the position of the record's transaction, if any."""
         ts = self._ts
         start = self._start
         hi = bisect_right(ts, t, start)
@@ -494,12 +555,22 @@ class UserWindow:
         lo_24h = bisect_right(ts, t - WINDOW_24H_S, start, hi)
         n_1h = hi - lo_1h
         n_24h = hi - lo_24h
-        sums, exp = self._sums, self._exp
-        s1_24h = sums[hi] - sums[lo_24h]
-        # int / int is correctly rounded, like math.fsum.
-        scale = 1 << exp
-        total_1h = (sums[hi] - sums[lo_1h]) / scale
-        total_24h = s1_24h / scale
+        z_wanted = x is not None and n_24h >= 2
+        if self._big:
+            sums, exp = self._sums, self._exp
+            s1_24h = sums[hi] - sums[lo_24h]
+            # int / int is correctly rounded, like math.fsum.
+            scale = 1 << exp
+            total_1h = (sums[hi] - sums[lo_1h]) / scale
+            total_24h = s1_24h / scale
+            s2_24h = self._sq_sums[hi] - self._sq_sums[lo_24h]
+        else:
+            # Small windows: exact sums of the slices (fsum is correctly rounded too).
+            amounts = self._amounts
+            total_1h = math.fsum(amounts[lo_1h:hi])
+            total_24h = math.fsum(amounts[lo_24h:hi])
+            if z_wanted:
+                exp, s1_24h, s2_24h = _exact_sums(amounts[lo_24h:hi])
         if not n_24h:
             max_24h = 0.0
         elif self._big and hi == len(ts):  # the window ends at or after M: its first maximum
@@ -510,12 +581,13 @@ class UserWindow:
             unique_1h = len(self._merchants_1h)
             unique_24h = len(self._merchants_24h)
         else:
-            unique_1h = len(set(self._merchants[lo_1h:hi]))
-            unique_24h = len(set(self._merchants[lo_24h:hi]))
-        if x is None or n_24h < 2:
-            z = None
+            unique_1h = len(set(self._merchant_slice(lo_1h, hi)))
+            unique_24h = len(set(self._merchant_slice(lo_24h, hi)))
+        if z_wanted:
+            assert x is not None
+            z = _exact_zscore(self._amounts[x], exp, n_24h, s1_24h, s2_24h)
         else:
-            z = _exact_zscore(x.amount, exp, n_24h, s1_24h, self._sq_sums[hi] - self._sq_sums[lo_24h])
+            z = None
         return {
             "user_id": self.user_id,
             "tx_count_1h": n_1h,
@@ -539,8 +611,8 @@ class UserWindow:
                 "evicted_ts_s": self.evicted_ts_s,
                 "next_seq": self.next_seq,
                 "next_chunk": self.next_chunk,
-                "chunks": self._chunk_list,
-                "tail": self._tail_rows,
+                "chunks": self._chunk_frag,
+                "tail": orjson.Fragment(b"[" + b",".join(self._tail[1::2]) + b"]"),
             }
         )
 
@@ -564,32 +636,29 @@ class UserWindow:
             w.next_seq = int(h["next_seq"])
             w.next_chunk = int(h["next_chunk"])
             w.chunks = {int(no): float(max_ts) for no, max_ts in h["chunks"]}
-            decoded = [_from_row(user_id, r) for r in h["tail"]]
-            w.tail = [t for _, t in decoded]
-            tail_rows = [_row(t, seq) for seq, t in decoded]
+            # Rows as stored: [id, ts, amount, merchant, category, online, seq].
+            rows = [_normal_row(r) for r in h["tail"]]
+            w._tail = [v for r in rows for v in (r[1], orjson.dumps(r))]
+            w._tail_min_ts = min(w._tail[::2], default=math.inf)
             for no in w.chunks:
                 blob = chunks.get(no)
                 if blob is None:
                     raise StateCorruptError(f"chunk {no} of user {user_id!r} is missing")
-                decoded.extend(_from_row(user_id, r) for r in orjson.loads(blob))
+                rows.extend(_normal_row(r) for r in orjson.loads(blob))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, StateCorruptError):
                 raise
             raise StateCorruptError(f"state of user {user_id!r} cannot be decoded: {exc}") from exc
         if w.latest_ts_s is not None:
             floor = w.retention_floor_s()
-            decoded = [(seq, t) for seq, t in decoded if t.timestamp > floor]
-        decoded.sort(key=lambda st: (st[1].timestamp, st[0]))
-        rows = [t for _, t in decoded]
-        w._txns = rows
-        w._ts = [t.timestamp for t in rows]
-        w._amounts = [t.amount for t in rows]
-        w._merchants = [t.merchant_id for t in rows]
-        w._by_id = {t.transaction_id: t for t in rows}  # later seq wins
-        w._tail_rows = tail_rows
-        w._tail_min_ts = min([t.timestamp for t in w.tail], default=math.inf)
+            rows = [r for r in rows if r[1] > floor]
+        rows.sort(key=_BY_TS_SEQ)
+        w._ts = array("d", [r[1] for r in rows])
+        w._amounts = array("d", [r[2] for r in rows])
+        w._strs = [s for r in rows for s in (r[0], r[3], r[4])]
+        w._online = bytearray([r[5] for r in rows])
+        w._by_id = {r[0]: r[1] for r in rows}  # later seq wins
         w._chunks_changed()
-        w._build_sums()
         if len(rows) >= _BIG_FROM:
             w._set_big(True)
         return w
@@ -601,6 +670,45 @@ class UserWindow:
             return [int(no) for no, _ in orjson.loads(head)["chunks"]]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StateCorruptError(f"head cannot be decoded: {exc}") from exc
+
+
+#: What a small window has instead of the big-window structures: shared, never changed (the
+#: big structures are built anew in _set_big before anything changes them).
+_EMPTY = array("d")
+_NO_SUMS: list[int] = []
+_BY_TS_SEQ = itemgetter(1, 6)
+
+
+def _normal_row(row: list[Any]) -> list[Any]:
+    """A stored row with its types checked (``TypeError``/``ValueError`` if it is not one)."""
+    txid, ts, amount, merchant, category, online, seq = row
+    return [str(txid), float(ts), float(amount), str(merchant), str(category), bool(online), int(seq)]
+
+
+def _exact_sums(amounts: array[float]) -> tuple[int, int, int]:
+    """``(exp, s1, s2)``: the sums of ``amounts`` times ``2**exp``, of their squares times ``2**(2*exp)``."""
+    s1 = s2 = 0
+    for a in amounts:
+        # Exact: a float times a power of two only moves its exponent; an amount
+        # >= 2**-11 (any amount in cents) is then an integer, else go the long way.
+        v = a * _MIN_SUM_SCALE
+        if not v.is_integer():
+            return _exact_sums_any(amounts)
+        i = int(v)
+        s1 += i
+        s2 += i * i
+    return _MIN_SUM_EXP, s1, s2
+
+
+def _exact_sums_any(amounts: array[float]) -> tuple[int, int, int]:
+    pairs = [a.as_integer_ratio() for a in amounts]
+    exp = max([_MIN_SUM_EXP, *(den.bit_length() - 1 for _, den in pairs)])
+    s1 = s2 = 0
+    for num, den in pairs:
+        shift = exp - den.bit_length() + 1
+        s1 += num << shift
+        s2 += (num * num) << (2 * shift)
+    return exp, s1, s2
 
 
 def _difference(minuend: float, *subtrahends: float, round_up: bool) -> float:

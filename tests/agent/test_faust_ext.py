@@ -59,6 +59,18 @@ def test_the_app_is_built_from_the_extended_classes() -> None:
     assert FaustRecovery._build_offsets is not Recovery._build_offsets
 
 
+async def test_the_worker_consumer_takes_the_fetch_wait_setting() -> None:
+    """Faust builds its worker consumer with a 1,500 ms fetch wait; ours has CONSUMER_FETCH_MAX_WAIT_MS."""
+    faust_thread = faust_aiokafka.AIOKafkaConsumerThread(cast(Any, app.consumer))
+    plain = faust_thread._create_worker_consumer(cast(Any, app.transport))
+    assert plain._fetch_max_wait_ms == 1500  # what the setting exists for
+    thread = cast(ConsumerThread, app.consumer._new_consumer_thread())  # type: ignore[attr-defined]
+    ours = thread._create_worker_consumer(app.transport)
+    assert ours._fetch_max_wait_ms == settings.consumer_fetch_max_wait_ms == 100
+    for consumer in (plain, ours):
+        await consumer.stop()  # never started: closes its client
+
+
 def test_every_producer_is_idempotent_with_acks_all() -> None:
     """Faust enables idempotence only in a transaction; predictions and features need it always."""
     assert faust_aiokafka.Producer(app.transport)._settings_extra() == {}

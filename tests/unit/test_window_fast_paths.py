@@ -174,7 +174,7 @@ def test_head_format_is_unchanged() -> None:
         if out.verdict == "accepted":
             accepted.append((len(accepted), txn))
         table.write(out.writes)
-        in_tail = {id(t) for t in window.tail}
+        in_tail = {t.transaction_id for t in window.tail}
         head = table.values[None]
         expected = orjson.dumps(
             {
@@ -184,7 +184,7 @@ def test_head_format_is_unchanged() -> None:
                 "next_seq": window.next_seq,
                 "next_chunk": window.next_chunk,
                 "chunks": [[no, max_ts] for no, max_ts in window.chunks.items()],
-                "tail": [_row(t, seq) for seq, t in accepted if id(t) in in_tail],
+                "tail": [_row(t, seq) for seq, t in accepted if t.transaction_id in in_tail],
             }
         )
         assert head == expected

@@ -32,6 +32,7 @@ from faust.transport.consumer import TransactionManager as FaustTransactionManag
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Signal
+from mode.threads import MethodQueue
 
 from records.errors import VelocityError
 
@@ -76,26 +77,54 @@ class BatchHandler(Protocol):
     async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None: ...
 
 
+def tune_worker_consumer(consumer: Any, app: ExtendedApp) -> Any:
+    """The aiokafka consumer Faust built, before it starts, with the app's fetch wait."""
+    consumer._fetch_max_wait_ms = app.consumer_fetch_max_wait_ms
+    return consumer
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    #: Calls into the consumer's thread served at once (mode's default: 2). See :meth:`method_queue`.
+    METHOD_QUEUE_WORKERS = 8
+
+    @property
+    def method_queue(self) -> MethodQueue:
+        """The queue of calls into the consumer's thread, with ``METHOD_QUEUE_WORKERS`` workers.
+
+        Every call the worker makes to its Kafka consumer (the next fetch,
+        each offset commit, the end offsets of the lag timer, positions)
+        runs in this thread through mode's MethodQueue, whose two workers
+        serve two calls at a time. A fetch waits there for records (up to
+        its timeout, 1 s); a commit and a lag refresh each take a broker
+        round trip. With two of them in flight the next fetch queued behind
+        them, and under steady traffic (bench steady, 2,000 tx/s) that
+        tipped the worker into a state it did not leave: ~3,500 records
+        fetched every 1.5-2 s, freshness p50 about 1 s and p99 about 2 s,
+        in 7 of 10 full-size runs, with the worker using half a core. With
+        eight workers a fetch never waits for another call (README,
+        *Performance*).
+
+        Test: ``tests/agent/test_faust_ext.py`` (``..._do_not_wait_for_each_other``).
+        """
+        if self._method_queue is None:
+            self._method_queue = MethodQueue(
+                num_workers=self.METHOD_QUEUE_WORKERS, loop=self.thread_loop, beacon=self.beacon
+            )
+        return self._method_queue
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         """Faust's worker consumer with ``CONSUMER_FETCH_MAX_WAIT_MS`` as its fetch wait.
 
         Faust (0.15.3) hard-codes ``fetch_max_wait_ms=1500``: how long the
-        broker may hold a fetch that finds too little data. Measured under
-        steady traffic (bench steady, 2,000 tx/s): after one long batch the
-        consumer's next fetches came back only after that wait, with records
-        arriving all the while, so every fetch returned ~1.5 s of records,
-        whose processing outlasted the next fetch: freshness stuck at 1-2 s
-        (p99 ~2 s in most runs), though the worker used half a core. With
-        100 ms (Kafka's Java consumer defaults to 500) a held fetch costs
-        at most that and the worker falls back to small batches (README,
-        *Performance*).
+        broker may hold a fetch that finds too little data. While tracing the
+        stalls :meth:`method_queue` is about, next fetches were seen to come
+        back only after most of that wait with records arriving all the while;
+        100 ms (Kafka's Java consumer defaults to 500) bounds what such a
+        fetch can cost; an idle worker asks the broker ten times a second.
 
         Test: ``tests/agent/test_faust_ext.py::test_the_worker_consumer_takes_the_fetch_wait_setting``.
         """
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = cast(ExtendedApp, self.app).consumer_fetch_max_wait_ms
-        return consumer
+        return tune_worker_consumer(super()._create_worker_consumer(transport), cast(ExtendedApp, self.app))
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets from the broker, also inside a transaction.

@@ -42,11 +42,19 @@ def bootstrap() -> str:
     return f"localhost:{os.environ.get('KAFKA_PORT', '9092')}"
 
 
-def broker_tls_env() -> dict[str, str] | None:
-    """What scripts/kafka.sh wrote about the local broker's SASL_SSL listener (None: it has none)."""
+def broker_tls_env_file() -> Path:
+    """Where scripts/kafka.sh lists the client settings of the local broker's SASL_SSL listener."""
     port = os.environ.get("KAFKA_PORT", "9092")
     cache = Path(os.environ.get("VELOCITY_CACHE", Path.home() / ".cache" / "velocity"))
-    env_file = Path(os.environ.get("KAFKA_DATA_DIR") or cache / f"kafka-{port}") / "tls" / "env"
+    return Path(os.environ.get("KAFKA_DATA_DIR") or cache / f"kafka-{port}") / "tls" / "env"
+
+
+def broker_tls_env() -> dict[str, str] | None:
+    """What scripts/kafka.sh wrote about the local broker's SASL_SSL listener (None: it has none).
+
+    Also the integration tests' reader (tests/integration/test_secure_kafka.py).
+    """
+    env_file = broker_tls_env_file()
     if not env_file.is_file():
         return None
     pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)

@@ -14,18 +14,18 @@ import pytest
 
 from agents import features
 from app.faust_ext import BatchHandler, Consumer
-from app.main import app, dlq_topic, features_topic, monitoring_topic, predictions_topic, rekey_topic
+from app.main import app
 from app.scoring import Scorer
 from records.label import LABEL_KEY, Label, carried_label, is_prediction_key, prediction_key
 from tables.expiry import stream_time_key
 from tables.user_state import (
-    changelog_topic_name,
     owner_partition,
     stream_times,
     sweeper,
     user_state,
     windows,
 )
+from tests.agent.producer_fake import Sent, running_agent
 
 NOW = time.time()
 
@@ -36,54 +36,11 @@ def tx(txid: str, user: str = "alice", amount: float = 10.0, ts: float = NOW - 6
     return orjson.dumps(body)
 
 
-class Sent:
-    """What the agent handed to the producer, per topic (the Kafka producer is the boundary here)."""
-
-    def __init__(self) -> None:
-        self.by_topic: dict[str, list[tuple[bytes | None, Any, int | None]]] = {}
-        self.names = {
-            features_topic.get_topic_name(): "features",
-            dlq_topic.get_topic_name(): "dlq",
-            rekey_topic.get_topic_name(): "rekey",
-            changelog_topic_name(): "changelog",
-            predictions_topic.get_topic_name(): "predictions",
-            monitoring_topic.get_topic_name(): "monitoring",
-        }
-
-    async def send(
-        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None, tid: str | None
-    ) -> Any:
-        name = self.names[topic_name]
-        decoded = value if name == "changelog" else orjson.loads(value or b"")
-        self.by_topic.setdefault(name, []).append((key, decoded, partition))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.cancel()  # never delivered: no persisted offset to record
-        return fut
-
-    async def send_many(
-        self,
-        topic_name: str,
-        partition: int,
-        records: list[tuple[bytes | None, bytes | None]],
-        tid: str | None,
-    ) -> None:
-        for key, value in records:
-            await self.send(topic_name, key, value, partition, tid)
-
-
 @pytest.fixture
 async def agent() -> AsyncIterator[tuple[Any, Sent]]:
     sent = Sent()
-    windows.clear_cache()
-    app.processed_through.clear()  # each test_context starts again at offset 0
-    with (
-        patch.object(features, "send", sent.send),
-        patch.object(features, "send_many", sent.send_many),
-        patch.object(features, "copartitioned", lambda work, topic_name: True),
-    ):
-        async with features.compute_features.test_context() as wrapped:
-            yield wrapped, sent
-    app.processed_through.clear()  # nothing here was really consumed: leave nothing to commit
+    async with running_agent(sent) as wrapped:
+        yield wrapped, sent
 
 
 async def test_accepted_transaction_publishes_its_features(agent: tuple[Any, Sent]) -> None:

@@ -8,7 +8,6 @@ dead letter, would escape the batch and stop the worker with status 70 -- and ag
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,67 +16,21 @@ from unittest.mock import patch
 
 import orjson
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.types import TP
 
 from agents import features
-from app.main import app, dlq_topic, features_topic, monitoring_topic, predictions_topic, rekey_topic
+from app.main import app
 from app.main import settings as app_settings
-from tables.user_state import changelog_topic_name, windows
+from tests.agent.producer_fake import Sent, running_agent
 
 LIMIT = app.conf.producer_max_request_size  # 1,000,000 by default
 
 
-class SizedSent:
-    def __init__(self) -> None:
-        self.by_topic: dict[str, list[tuple[bytes | None, Any, bytes | None]]] = {}
-        self.names = {
-            features_topic.get_topic_name(): "features",
-            dlq_topic.get_topic_name(): "dlq",
-            rekey_topic.get_topic_name(): "rekey",
-            changelog_topic_name(): "changelog",
-            predictions_topic.get_topic_name(): "predictions",
-            monitoring_topic.get_topic_name(): "monitoring",
-        }
-
-    async def send(
-        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None, tid: str | None
-    ) -> Any:
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
-        if size > LIMIT:
-            raise MessageSizeTooLargeError(f"The message is {size} bytes when serialized")
-        name = self.names[topic_name]
-        decoded = value if name == "changelog" else orjson.loads(value or b"")
-        self.by_topic.setdefault(name, []).append((key, decoded, value))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.cancel()
-        return fut
-
-    async def send_many(
-        self,
-        topic_name: str,
-        partition: int,
-        records: list[tuple[bytes | None, bytes | None]],
-        tid: str | None,
-    ) -> None:
-        for key, value in records:
-            await self.send(topic_name, key, value, partition, tid)
-
-
 @pytest.fixture
-async def sent() -> AsyncIterator[SizedSent]:
-    s = SizedSent()
-    windows.clear_cache()
-    app.processed_through.clear()
-    with (
-        patch.object(features, "send", s.send),
-        patch.object(features, "send_many", s.send_many),
-        patch.object(features, "copartitioned", lambda work, topic_name: True),
-    ):
-        async with features.compute_features.test_context():
-            yield s
-    app.processed_through.clear()
+async def sent() -> AsyncIterator[Sent]:
+    s = Sent(keep_bytes=True, max_request_size=LIMIT)
+    async with running_agent(s):
+        yield s
 
 
 class Record:
@@ -138,7 +91,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-async def test_a_dead_letter_of_a_large_value_fits_the_producer(sent: SizedSent, name: str) -> None:
+async def test_a_dead_letter_of_a_large_value_fits_the_producer(sent: Sent, name: str) -> None:
     key, value, error_type = CASES[name]
     await batch(app_settings.transactions_topic, [(key, value)])
     ((_dlq_key, letter, raw),) = sent.by_topic["dlq"]
@@ -149,7 +102,7 @@ async def test_a_dead_letter_of_a_large_value_fits_the_producer(sent: SizedSent,
     assert value.decode("utf-8", "replace").startswith(letter["raw_value"].rstrip("\ufffd"))
 
 
-async def test_a_valid_transaction_of_999_900_bytes_under_another_key_is_processed(sent: SizedSent) -> None:
+async def test_a_valid_transaction_of_999_900_bytes_under_another_key_is_processed(sent: Sent) -> None:
     # Under MAX_MESSAGE_BYTES, but its re-keying envelope (raw value + transaction) is over 1,000,000 bytes.
     await batch(app_settings.transactions_topic, [(b"not-the-user", valid("big-rekey", 999_900))])
     hops = sent.by_topic.pop("rekey")
@@ -158,7 +111,7 @@ async def test_a_valid_transaction_of_999_900_bytes_under_another_key_is_process
 
 
 async def test_a_huge_key_costs_one_bounded_dead_letter_or_record(
-    sent: SizedSent, caplog: pytest.LogCaptureFixture
+    sent: Sent, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     key = b"k" * 999_000

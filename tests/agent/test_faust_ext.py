@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
@@ -18,6 +19,7 @@ from faust.exceptions import ProducerSendError
 from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.threads import MethodQueue
 
 from app import faust_ext
 from app.faust_ext import (
@@ -59,16 +61,53 @@ def test_the_app_is_built_from_the_extended_classes() -> None:
     assert FaustRecovery._build_offsets is not Recovery._build_offsets
 
 
-async def test_the_worker_consumer_takes_the_fetch_wait_setting() -> None:
-    """Faust builds its worker consumer with a 1,500 ms fetch wait; ours has CONSUMER_FETCH_MAX_WAIT_MS."""
-    faust_thread = faust_aiokafka.AIOKafkaConsumerThread(cast(Any, app.consumer))
-    plain = faust_thread._create_worker_consumer(cast(Any, app.transport))
-    assert plain._fetch_max_wait_ms == 1500  # what the setting exists for
+def test_the_worker_consumer_takes_the_fetch_wait_setting() -> None:
+    """Faust builds its worker consumer with a 1,500 ms fetch wait; ours has CONSUMER_FETCH_MAX_WAIT_MS.
+
+    (A stand-in for the aiokafka consumer: one built in this process upsets pytest's later imports.)
+    """
+    built = SimpleNamespace(_fetch_max_wait_ms=1500)  # what Faust 0.15.3 passes
+    assert faust_ext.tune_worker_consumer(built, app) is built
+    assert built._fetch_max_wait_ms == settings.consumer_fetch_max_wait_ms == 100
+
+
+async def test_calls_into_the_consumer_thread_do_not_wait_for_each_other() -> None:
+    """A fetch waiting for records, a commit, a lag refresh and a position call all run at once.
+
+    mode's MethodQueue (two workers by default) ran two calls at a time: the next fetch queued behind
+    a commit and a lag refresh (README, *Performance*).
+    """
     thread = cast(ConsumerThread, app.consumer._new_consumer_thread())  # type: ignore[attr-defined]
-    ours = thread._create_worker_consumer(app.transport)
-    assert ours._fetch_max_wait_ms == settings.consumer_fetch_max_wait_ms == 100
-    for consumer in (plain, ours):
-        await consumer.stop()  # never started: closes its client
+    workers = thread.method_queue.num_workers
+    assert workers == ConsumerThread.METHOD_QUEUE_WORKERS
+    calls = ["fetch", "commit", "lag", "position"]
+
+    async def started_together(queue: MethodQueue) -> list[str]:
+        """Which of ``calls`` start before any of them returns."""
+        await queue.start()
+        started: list[str] = []
+        release = asyncio.Event()
+
+        async def call(name: str) -> str:
+            started.append(name)
+            await release.wait()
+            return name
+
+        loop = asyncio.get_running_loop()
+        try:
+            promises = [await queue.call(loop.create_future(), call, name) for name in calls]
+            deadline = loop.time() + 5.0
+            while len(started) < len(calls) and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            seen = list(started)
+            release.set()
+            assert await asyncio.gather(*promises) == calls
+            return seen
+        finally:
+            await queue.stop()
+
+    assert sorted(await started_together(MethodQueue(num_workers=workers))) == sorted(calls)
+    assert len(await started_together(MethodQueue())) == 2  # mode's default: the other two waited
 
 
 def test_every_producer_is_idempotent_with_acks_all() -> None:

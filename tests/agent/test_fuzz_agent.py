@@ -37,13 +37,13 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from agents import features
-from app.main import app, dlq_topic, features_topic, monitoring_topic, predictions_topic, rekey_topic
+from app.main import app
 from app.main import settings as app_settings
 from records.errors import ERROR_TYPES, RejectedMessage
 from records.label import LABEL_KEY
 from records.transaction import Transaction, parse_transaction
 from tables.expiry import TICK_KEY
-from tables.user_state import changelog_topic_name, windows
+from tests.agent.producer_fake import Sent, running_agent
 from tests.oracle import Oracle, assert_record_matches
 
 NOW = time.time()
@@ -54,57 +54,11 @@ MAX_LOG_CHARS = 2_000
 ORDINARY_SINCE = NOW - 2 * DAY_S
 
 
-class Sent:
-    """What the agent handed to the producer, per topic, with the bytes (the producer is the boundary)."""
-
-    def __init__(self) -> None:
-        self.by_topic: dict[str, list[tuple[bytes | None, Any, bytes | None]]] = {}
-        self.names = {
-            features_topic.get_topic_name(): "features",
-            dlq_topic.get_topic_name(): "dlq",
-            rekey_topic.get_topic_name(): "rekey",
-            changelog_topic_name(): "changelog",
-            predictions_topic.get_topic_name(): "predictions",
-            monitoring_topic.get_topic_name(): "monitoring",
-        }
-
-    def values(self, name: str) -> list[Any]:
-        return [decoded for _, decoded, _ in self.by_topic.get(name, [])]
-
-    async def send(
-        self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None, tid: str | None
-    ) -> Any:
-        name = self.names[topic_name]
-        decoded = value if name == "changelog" else orjson.loads(value or b"")  # strict JSON, or it fails
-        self.by_topic.setdefault(name, []).append((key, decoded, value))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.cancel()  # never delivered: no persisted offset to record
-        return fut
-
-    async def send_many(
-        self,
-        topic_name: str,
-        partition: int,
-        records: list[tuple[bytes | None, bytes | None]],
-        tid: str | None,
-    ) -> None:
-        for key, value in records:
-            await self.send(topic_name, key, value, partition, tid)
-
-
 @pytest.fixture
 async def agent() -> AsyncIterator[Sent]:
-    sent = Sent()
-    windows.clear_cache()
-    app.processed_through.clear()
-    with (
-        patch.object(features, "send", sent.send),
-        patch.object(features, "send_many", sent.send_many),
-        patch.object(features, "copartitioned", lambda work, topic_name: True),
-    ):
-        async with features.compute_features.test_context():
-            yield sent
-    app.processed_through.clear()  # nothing here was really consumed: leave nothing to commit
+    sent = Sent(keep_bytes=True)
+    async with running_agent(sent):
+        yield sent
 
 
 class Record:

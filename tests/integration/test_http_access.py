@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.client import LookupFailed, VelocityClient
+from tests.certs import self_signed
 from tests.integration.conftest import Topics, Worker, assignment, http_get, produce, wait_for
 from tests.integration.streams import Stream, owner_partition
 from tests.oracle import Oracle, assert_record_matches
@@ -222,38 +222,6 @@ def test_bad_tokens_files_stop_the_worker_with_one_line(spawn: Any, tmp_path: Pa
 
 
 # --- web TLS ---------------------------------------------------------------------------------
-
-
-def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for ``host`` and its key, written by openssl."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=velocity",
-            ),
-            "-addext",
-            f"subjectAltName=IP:{host}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 def https_get(

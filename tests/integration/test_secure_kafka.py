@@ -10,33 +10,26 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from bench.harness import broker_tls_env, broker_tls_env_file
 from tests.integration.conftest import FAUST, REPO, TopicReader, Topics, produce
 
 pytestmark = pytest.mark.integration
 
-PORT = os.environ.get("KAFKA_PORT", "9092")
-DATA_DIR = Path(
-    os.environ.get("KAFKA_DATA_DIR")
-    or Path(os.environ.get("VELOCITY_CACHE", Path.home() / ".cache" / "velocity")) / f"kafka-{PORT}"
-)
-TLS_ENV = DATA_DIR / "tls" / "env"
-
 
 @pytest.fixture
 def tls() -> dict[str, str]:
-    if not TLS_ENV.is_file():
+    env = broker_tls_env()
+    if env is None:
         pytest.fail(
-            f"no SASL_SSL listener on the local broker ({TLS_ENV} is missing): "
+            f"no SASL_SSL listener on the local broker ({broker_tls_env_file()} is missing): "
             "restart it with `scripts/kafka.sh stop && make kafka` (make kafka sets KAFKA_SASL_SSL_PORT)"
         )
-    pairs = (line.split("=", 1) for line in TLS_ENV.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
+    return env
 
 
 def secure_env(tls: dict[str, str], **overrides: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from app.web_auth import (
 )
 from app.web_errors import json_errors, request_timeout, server_options
 from records.errors import SettingsError
+from tests.certs import self_signed
 from tests.ports import free_port
 
 READ = "read-token-0123456789"
@@ -245,38 +245,6 @@ def test_a_peer_token_file_works_too(tmp_path: Path) -> None:
     secret.write_text(PEER + "\n")
     access = web_access(load_settings(_env(tmp_path, HTTP_PEER_TOKEN_FILE=str(secret))))
     assert access.peer_headers == {"Authorization": f"Bearer {PEER}"}
-
-
-def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for ``host`` (an IP or DNS name) and its key, with openssl."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    san = f"IP:{host}" if host[0].isdigit() else f"DNS:{host}"
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=velocity",
-            ),
-            "-addext",
-            f"subjectAltName={san}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 def test_web_tls_serves_the_certificate_and_peers_trust_it(tmp_path: Path) -> None:

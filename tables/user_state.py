@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
 import rocksdict
@@ -358,10 +358,16 @@ class UserCounts:
     KEYS_PER_TURN = 5000
 
     def __init__(
-        self, open_dbs: Callable[[], Mapping[int, Any]], offset_key: Callable[[], bytes | None]
+        self,
+        open_dbs: Callable[[], Mapping[int, Any]],
+        offset_key: Callable[[], bytes | None],
+        boundary: asyncio.Lock | None = None,
     ) -> None:
         self._open_dbs = open_dbs  # partition -> RocksDB database, as the table's store has them open
         self._offset_key = offset_key  # the store's own bookkeeping key, in every database
+        # Held by the hot path for a whole batch (app.message_boundary): a partition's count starts
+        # between batches, when every user a batch created is written (see recount).
+        self._boundary = boundary if boundary is not None else asyncio.Lock()
         self._counts: dict[int, int] = {}  # partition -> users, once counted
         self._created_while_counting: dict[int, int] = {}
         self._generation = 0  # bumped at every rebalance
@@ -403,9 +409,15 @@ class UserCounts:
             if db is None:  # not open here (memory:// store in unit tests)
                 self._counts[partition] = 0
                 continue
-            self._created_while_counting[partition] = 0
+            # Between two batches: a batch may create a user (on_new_user, before this partition
+            # counts them apart) and write it only at its end, after an await inside it; a snapshot
+            # taken then would miss that user for good (CI: one user short after a rebalance).
+            async with self._boundary:
+                if self._generation != generation or self._open_dbs().get(partition) is not db:
+                    return False
+                self._created_while_counting[partition] = 0
+                keys = iter(cast(Any, db).keys())
             heads = 0
-            keys = iter(db.keys())
             while True:
                 seen = 0
                 for key in keys:
@@ -430,7 +442,9 @@ async def _recount_after_rebalance(sender: Any, *args: Any, **kwargs: Any) -> No
     user_counts.on_rebalance()
 
 
-user_counts = UserCounts(lambda: open_partition_dbs(user_state), lambda: store_offset_key(user_state))
+user_counts = UserCounts(
+    lambda: open_partition_dbs(user_state), lambda: store_offset_key(user_state), app.message_boundary
+)
 connect(app.on_partitions_revoked, _recount_after_rebalance)
 connect(app.on_partitions_assigned, _recount_after_rebalance)
 

@@ -79,11 +79,8 @@ def _row(txn: Transaction, seq: int) -> list[Any]:
 
 
 def _from_row(user_id: str, row: list[Any]) -> tuple[int, Transaction]:
-    txid, ts, amount, merchant, category, online, seq = row
-    txn = Transaction(
-        str(txid), user_id, float(amount), str(merchant), str(category), float(ts), bool(online)
-    )
-    return int(seq), txn
+    txid, ts, amount, merchant, category, online, seq = _normal_row(row)
+    return seq, Transaction(txid, user_id, amount, merchant, category, ts, online)
 
 
 #: Between a user id and a chunk number in a chunk's key (0xFF never occurs in UTF-8).
@@ -420,17 +417,7 @@ class UserWindow:
 
     def _build_sums(self) -> None:
         """The prefix sums of all entries (before ``_start`` too, so positions line up)."""
-        pairs = [a.as_integer_ratio() for a in self._amounts]
-        exp = max([_MIN_SUM_EXP, *(den.bit_length() - 1 for _, den in pairs)])
-        s1 = s2 = 0
-        sums, sq_sums = [0], [0]
-        for num, den in pairs:
-            shift = exp - den.bit_length() + 1
-            s1 += num << shift
-            s2 += (num * num) << (2 * shift)
-            sums.append(s1)
-            sq_sums.append(s2)
-        self._exp, self._sums, self._sq_sums = exp, sums, sq_sums
+        self._exp, self._sums, self._sq_sums = _prefix_sums(self._amounts)
 
     def _evict(self) -> tuple[list[StateWrite], int]:
         """Drop what fell out of the retention; the writes and how far positions moved."""
@@ -701,14 +688,23 @@ def _exact_sums(amounts: array[float]) -> tuple[int, int, int]:
 
 
 def _exact_sums_any(amounts: array[float]) -> tuple[int, int, int]:
+    exp, sums, sq_sums = _prefix_sums(amounts)
+    return exp, sums[-1], sq_sums[-1]
+
+
+def _prefix_sums(amounts: array[float]) -> tuple[int, list[int], list[int]]:
+    """``(exp, sums, sq_sums)``: exact prefix sums of ``amounts`` times ``2**exp``, squares ``2**(2*exp)``."""
     pairs = [a.as_integer_ratio() for a in amounts]
     exp = max([_MIN_SUM_EXP, *(den.bit_length() - 1 for _, den in pairs)])
     s1 = s2 = 0
+    sums, sq_sums = [0], [0]
     for num, den in pairs:
         shift = exp - den.bit_length() + 1
         s1 += num << shift
         s2 += (num * num) << (2 * shift)
-    return exp, s1, s2
+        sums.append(s1)
+        sq_sums.append(s2)
+    return exp, sums, sq_sums
 
 
 def _difference(minuend: float, *subtrahends: float, round_up: bool) -> float:

@@ -3,6 +3,7 @@
     python -m bench.probe lookups --url URL --users FILE --rps R --floor-rps F \
         --duration S --warmup S --out FILE
     python -m bench.probe delivery --topic T --duration S --warmup S --out FILE
+    python -m bench.probe server --ready FILE
 
 ``lookups`` times ``GET /features/{user}`` at ``--rps``, batched lookups of
 ``--batch-size`` users (``GET /features?user_id=...``) at ``--batch-rps``, and, at ``--floor-rps``,
@@ -11,6 +12,11 @@ lookup pays on this machine (HTTP, the event loop, the scheduler).
 ``delivery`` is a plain aiokafka consumer of the input topic that records, for
 every message, its arrival minus the message's Kafka timestamp: Kafka's own
 delivery latency under the same traffic, the floor of freshness.
+``server`` is an aiohttp server that answers ``GET /health`` and does
+nothing else, in a process of its own (it writes its URL to ``--ready``):
+``lookups --machine-url`` asks it at ``--floor-rps`` too. What that costs is
+the floor of any Python HTTP answer on this machine under the same load (the
+client, the loopback, the scheduler), with no worker's event loop in the way.
 
 Each runs in its own process so that its event loop is not the one producing
 and reading the traffic (a busy harness loop would delay its timers and its
@@ -61,25 +67,20 @@ async def lookups(
     warmup_s: float,
     batch_rps: float = 0.0,
     batch_size: int = 50,
+    machine_url: str | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "lookup_ms": [],
-        "floor_ms": [],
-        "batch_ms": [],
-        "lookup_status": {},
-        "floor_status": {},
-        "batch_status": {},
-    }
+    kinds = ("lookup", "floor", "batch", "machine")
+    out: dict[str, Any] = {f"{kind}_ms": [] for kind in kinds} | {f"{kind}_status": {} for kind in kinds}
     t_warm = time.monotonic() + warmup_s
     rng = random.Random(5)
     pending: set[asyncio.Task[None]] = set()
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
 
-        def ask(path: str, kind: str) -> None:
+        def ask(path: str, kind: str, base: str = url) -> None:
             async def one() -> None:
                 t0 = time.perf_counter()
-                async with session.get(f"{url}{path}") as resp:
+                async with session.get(f"{base}{path}") as resp:
                     await resp.read()
                 ms = (time.perf_counter() - t0) * 1000.0
                 if time.monotonic() >= t_warm:
@@ -97,6 +98,10 @@ async def lookups(
         async def floor(_: int) -> None:
             ask("/health", "floor")
 
+        async def machine(_: int) -> None:
+            assert machine_url is not None
+            ask("/health", "machine", machine_url)
+
         async def batch(_: int) -> None:
             chosen = rng.sample(users, min(batch_size, len(users)))
             ask("/features?" + "&".join(f"user_id={quote(u, safe='')}" for u in chosen), "batch")
@@ -106,6 +111,8 @@ async def lookups(
             runs.append(paced(floor_rps, duration_s, floor))
         if batch_rps > 0:
             runs.append(paced(batch_rps, duration_s, batch))
+        if machine_url is not None and floor_rps > 0:
+            runs.append(paced(floor_rps, duration_s, machine))
         await asyncio.gather(*runs)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -145,6 +152,29 @@ async def delivery(topic: str, duration_s: float, warmup_s: float, ready: Path |
     return out
 
 
+async def idle_server(ready: Path) -> None:
+    """Answer ``GET /health`` on a free loopback port until terminated; write the URL to ``ready``."""
+    from aiohttp import web
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    application = web.Application()
+    application.router.add_get("/health", health)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    partial = ready.with_suffix(".partial")
+    partial.write_text(f"http://127.0.0.1:{port}\n")
+    partial.rename(ready)  # whole or absent to the reader
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="role", required=True)
@@ -157,14 +187,20 @@ def main() -> None:
         "--batch-rps", type=float, default=0.0, help="batched lookups (GET /features?user_id=...)"
     )
     lk.add_argument("--batch-size", type=int, default=50)
+    lk.add_argument("--machine-url", help="an idle HTTP server (the server role), asked at --floor-rps")
     dl = sub.add_parser("delivery")
     dl.add_argument("--topic", required=True)
     dl.add_argument("--ready", type=Path, help="file written once the consumer sits at the topic's end")
+    sv = sub.add_parser("server")
+    sv.add_argument("--ready", type=Path, required=True, help="file the server's URL is written to")
     for p in (lk, dl):
         p.add_argument("--duration", type=float, required=True)
         p.add_argument("--warmup", type=float, default=0.0)
         p.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.role == "server":
+        asyncio.run(idle_server(args.ready))
+        return
     if args.role == "lookups":
         users = args.users.read_text().split()
         result = asyncio.run(
@@ -177,6 +213,7 @@ def main() -> None:
                 args.warmup,
                 args.batch_rps,
                 args.batch_size,
+                args.machine_url,
             )
         )
     else:

@@ -391,19 +391,25 @@ class Run:
                 warmup_s=s.warmup_s,
                 work=self.work / name,
                 floor_rps=max(1.0, self.rps / 4),
+                worker_pid=None if self.velocity_proc is None else self.velocity_proc.popen.pid,
             )
         )
         q = harness.quantile
         floor_kafka, floor_http = res.delivery_floor_ms, res.http_floor_ms
+        floor_machine = res.machine_floor_ms
         fresh = {"rate_tx_s": rate, "p50": q(res.fresh_ms, 0.5), "p99": q(res.fresh_ms, 0.99)}
         lookup = {"rps": self.rps, "p50": q(res.lookup_ms, 0.5), "p99": q(res.lookup_ms, 0.99)}
         self.details[name] = {
             "freshness_ms": fresh,
             "lookup_ms": lookup,
             # The floors, measured at the same time: Kafka's delivery to a plain consumer of the
-            # input, and GET /health on the same worker.
+            # input, GET /health on the same worker, and GET /health on an idle aiohttp server in
+            # a process of its own (this machine's floor of any Python HTTP answer under this load).
             "delivery_floor_ms": {"p50": q(floor_kafka, 0.5), "p99": q(floor_kafka, 0.99)},
             "http_floor_ms": {"p50": q(floor_http, 0.5), "p99": q(floor_http, 0.99)},
+            "machine_http_floor_ms": {"p50": q(floor_machine, 0.5), "p99": q(floor_machine, 0.99)},
+            # The worker's main thread meanwhile: its CPU, and the time it could run but had no CPU.
+            "worker_sched": res.worker_sched,
             "sent": res.sent,
             "records_timed": len(res.fresh_ms),
             "records_missing": res.missing_records,
@@ -775,6 +781,9 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     def fmt_ratio(x: Any) -> str:
         return "-" if x is None else f"{x:.2f}"
 
+    def fmt_pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
     f, lk = result["freshness_ms"], result["lookup_ms"]
     details = result.get("details", {})
     eos = details.get("velocity_exactly_once", {})
@@ -793,6 +802,9 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     half_lk = details.get("steady_half_rate", {}).get("lookup_ms", {})
     floor_kafka = details.get("steady", {}).get("delivery_floor_ms", {})
     floor_http = details.get("steady", {}).get("http_floor_ms", {})
+    floor_machine = details.get("steady", {}).get("machine_http_floor_ms", {})
+    sched = details.get("steady", {}).get("worker_sched", {})
+    sched_wait = sched.get("runq_wait_ms_per_100ms", {})
     batch50 = details.get("steady", {}).get("batch50_ms", {})
     rows = [  # (scenario, row)
         (
@@ -819,6 +831,24 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "steady",
             f"| floors at the same time: GET /health on the worker, p50 / p99 | "
             f"{fmt(floor_http.get('p50'), ' ms')} / {fmt(floor_http.get('p99'), ' ms')} |",
+        ),
+        (
+            "steady",
+            f"| floors at the same time: GET /health on an idle aiohttp server (own process), p50 / p99 | "
+            f"{fmt(floor_machine.get('p50'), ' ms')} / {fmt(floor_machine.get('p99'), ' ms')} |",
+        ),
+        (
+            "steady",
+            "| the worker's main thread meanwhile: CPU used / time runnable but waiting for a CPU | "
+            f"{fmt_ratio(sched.get('main_thread_cpu_cores'))} cores / "
+            f"{fmt_pct(sched.get('main_thread_runq_wait_share'))} of the time |",
+        ),
+        (
+            "steady",
+            "| its wait for a CPU per 100 ms, p50 / p99 / worst (machine busy: cores) | "
+            f"{fmt(sched_wait.get('p50'), ' ms')} / {fmt(sched_wait.get('p99'), ' ms')} / "
+            f"{fmt(sched_wait.get('max'), ' ms')} "
+            f"({fmt_ratio(sched.get('machine_busy_cores'))} of {_cpus()}) |",
         ),
         (
             "steady",

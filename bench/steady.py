@@ -7,8 +7,13 @@ Kafka timestamp (set by the harness when it sends). At the same time, from
 processes of their own (bench/probe.py), a client asks
 ``GET /features/{user_id}`` ``rps`` times a second for users the worker
 already holds and ``GET /health`` ``floor_rps`` times a second (the floor of
-any answer), and a plain consumer of the input topic records Kafka's own
-delivery latency (the floor of freshness). The first ``warmup_s`` seconds
+any answer), a plain consumer of the input topic records Kafka's own
+delivery latency (the floor of freshness), and, at the ``/health`` rate, an
+aiohttp server in a process of its own that does nothing else answers
+``GET /health`` (the floor of any Python HTTP answer on this machine under
+this load, with no worker in the way). Meanwhile ``bench/sched.py`` samples
+the worker's main thread: the CPU it got and the time it was runnable but
+waiting for a CPU. The first ``warmup_s`` seconds
 are not counted.
 """
 
@@ -16,16 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.harness import kafka_options
 from bench.probe import ASSIGNMENT_TIMEOUT_S, paced, settle_at_end
+from bench.sched import SchedWatch
 
 
 @dataclass
@@ -41,8 +49,12 @@ class SteadyResult:
     missing_records: int = 0
     #: GET /health on the same worker at the same time: the floor of any lookup.
     http_floor_ms: list[float] = field(default_factory=list)
+    #: GET /health on an idle aiohttp server of its own at the same time: the machine's HTTP floor.
+    machine_floor_ms: list[float] = field(default_factory=list)
     #: A plain consumer of the input topic: arrival minus Kafka timestamp, the floor of freshness.
     delivery_floor_ms: list[float] = field(default_factory=list)
+    #: The worker's main thread after the warm-up: CPU, and time runnable without a CPU (bench/sched.py).
+    worker_sched: dict[str, Any] = field(default_factory=dict)
 
 
 async def _probe(role: str, args: list[str], out: Path) -> asyncio.subprocess.Process:
@@ -73,18 +85,20 @@ async def run_steady(
     work: Path,
     floor_rps: float = 50.0,
     batch_rps: float = 5.0,
+    worker_pid: int | None = None,
 ) -> SteadyResult:
     result = SteadyResult(rate)
     sent_at: dict[str, float] = {}  # transaction_id -> Kafka timestamp (s)
     work.mkdir(parents=True, exist_ok=True)
-    users_file, lookups_out, delivery_out, delivery_ready = (
+    users_file, lookups_out, delivery_out, delivery_ready, server_ready = (
         work / "lookup-users.txt",
         work / "lookups.json",
         work / "delivery.json",
         work / "delivery.ready",
+        work / "server.ready",
     )
     users_file.write_text("\n".join(lookup_users) + "\n")
-    for f in (lookups_out, delivery_out, delivery_ready):
+    for f in (lookups_out, delivery_out, delivery_ready, server_ready):
         f.unlink(missing_ok=True)
     producer = AIOKafkaProducer(**kafka_options(), linger_ms=5)
     consumer = AIOKafkaConsumer(output_topic, **kafka_options(), auto_offset_reset="latest")
@@ -106,12 +120,19 @@ async def run_steady(
         ],
         delivery_out,
     )
+    server_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.probe", "server", "--ready", str(server_ready)
+    )
     lookups_proc: asyncio.subprocess.Process | None = None
     try:
         # Subscribe and settle on the end of the output before sending anything.
         await settle_at_end(consumer, output_topic)
         await _wait_file(delivery_ready, delivery_proc, ASSIGNMENT_TIMEOUT_S)
+        await _wait_file(server_ready, server_proc, ASSIGNMENT_TIMEOUT_S)
+        machine_url = server_ready.read_text().strip()
         t_warm = time.time() + warmup_s
+        watch = None if worker_pid is None else SchedWatch(worker_pid, os.cpu_count() or 1).start()
+        watch_from = time.monotonic() + warmup_s
         stop = asyncio.Event()
 
         async def produce(i: int) -> None:
@@ -155,6 +176,8 @@ async def run_steady(
                     str(floor_rps),
                     "--batch-rps",
                     str(batch_rps),
+                    "--machine-url",
+                    machine_url,
                     "--duration",
                     str(duration_s),
                     "--warmup",
@@ -163,6 +186,8 @@ async def run_steady(
                 lookups_out,
             )
             await paced(rate, duration_s, produce)
+            if watch is not None:
+                result.worker_sched = watch.stop(since=watch_from)
             await producer.flush()
             stop.set()
             await asyncio.wait_for(reader, timeout=600)
@@ -171,7 +196,7 @@ async def run_steady(
         finally:
             reader.cancel()
     finally:
-        for proc in (lookups_proc, delivery_proc):
+        for proc in (lookups_proc, delivery_proc, server_proc):
             if proc is not None and proc.returncode is None:
                 proc.terminate()
                 await proc.wait()
@@ -184,7 +209,7 @@ async def run_steady(
     if lookups_out.exists():
         lk = json.loads(lookups_out.read_text())
         result.lookup_ms, result.lookup_status = lk["lookup_ms"], lk["lookup_status"]
-        result.http_floor_ms = lk["floor_ms"]
+        result.http_floor_ms, result.machine_floor_ms = lk["floor_ms"], lk["machine_ms"]
         result.batch_ms, result.batch_status = lk["batch_ms"], lk["batch_status"]
     if delivery_out.exists():
         result.delivery_floor_ms = json.loads(delivery_out.read_text())["delivery_ms"]

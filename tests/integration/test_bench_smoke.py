@@ -84,9 +84,12 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for figure in ("freshness_ms", "lookup_ms"):
         p50, p99 = result[figure]["p50"], result[figure]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (figure, result[figure])
-    for floor in ("delivery_floor_ms", "http_floor_ms", "batch50_ms"):
+    for floor in ("delivery_floor_ms", "http_floor_ms", "machine_http_floor_ms", "batch50_ms"):
         p50, p99 = result["details"]["steady"][floor]["p50"], result["details"]["steady"][floor]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (floor, result["details"]["steady"])
+    sched = result["details"]["steady"]["worker_sched"]  # the worker's main thread, from /proc
+    assert sched["intervals"] > 0 and 0 < sched["main_thread_cpu_cores"] <= 1.05, sched
+    assert 0 <= sched["main_thread_runq_wait_share"] < 1 and sched["machine_busy_cores"] > 0, sched
     assert result["details"]["steady"]["lookup_status"] == {
         "200": result["details"]["steady"]["lookups_timed"]
     }

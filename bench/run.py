@@ -66,6 +66,7 @@ import platform
 import random
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -102,6 +103,7 @@ SCENARIOS = {
     "two_workers": "catch-up by two workers of one app (same stream), over one worker's",
     "catchup": "(only with --only) one worker's catch-up with PROCESSING_GUARANTEE=--guarantee",
     "faust_passthrough": "a Faust agent that decodes and forwards (the floor of Faust)",
+    "rounds": "Velocity's catch-up and the Faust pass-through again, alternating: the ratio per round",
     "seed_faust_hopping": "the seed's Faust hopping-window design",
     "seed_redis": "the seed's Redis sorted-set design (needs redis-server)",
     "quix_streams": "Quix Streams sliding windows",
@@ -138,11 +140,19 @@ class Size:
     design_timeout_s: float
     steady_s: float
     warmup_s: float
+    #: More pairs of Velocity's catch-up and the Faust pass-through, back to back (the rounds scenario).
+    rounds: int = 1
 
 
 SIZES = {
     "full": Size(
-        users=100_000, messages=300_000, heavy_user_tx=20_000, design_timeout_s=300, steady_s=60, warmup_s=10
+        users=100_000,
+        messages=300_000,
+        heavy_user_tx=20_000,
+        design_timeout_s=300,
+        steady_s=60,
+        warmup_s=10,
+        rounds=2,
     ),
     "quick": Size(
         users=10_000, messages=30_000, heavy_user_tx=20_000, design_timeout_s=35, steady_s=15, warmup_s=3
@@ -301,16 +311,54 @@ class Run:
             self.velocity_port,
         )
 
-    def faust_design(self, name: str, module: str) -> None:
+    def faust_design(self, name: str, module: str, headline: bool = True) -> None:
         from importlib import import_module
 
         mod = import_module(f"bench.designs.{module}")
         output = f"bench-out-{name}-{self.tag}"
         proc = self.start(name, mod.command(FAUST), self.bench_env(name, output))
         try:
-            self.throughput[name] = self.measure(name, proc, output, len(self.stream))
+            rate = self.measure(name, proc, output, len(self.stream))
+            if headline:
+                self.throughput[name] = rate
         finally:
             proc.stop()
+
+    def rounds(self) -> None:
+        """Velocity's catch-up, then the Faust pass-through, ``size.rounds`` times, back to back.
+
+        The two designs' first runs are minutes apart (the Velocity scenarios
+        run in between), and this machine's speed drifts that much: a pair
+        run one after the other prices Velocity against Faust at one moment.
+        Each round's ratio is reported with the first pair's; the median is
+        the figure to quote.
+        """
+        pairs: list[dict[str, Any]] = []
+        first_v, first_f = self.throughput.get("velocity"), self.throughput.get("faust_passthrough")
+        if first_v and first_f:
+            pairs.append({"velocity": first_v, "faust_passthrough": first_f, "ratio": first_v / first_f})
+        for i in range(1, self.size.rounds + 1):
+            proc, v = self.catchup_worker(
+                f"round{i}_velocity",
+                f"bench-round{i}-{self.tag}",
+                self.input,
+                f"bench-out-round{i}-{self.tag}",
+                len(self.stream),
+                "at_least_once",
+            )
+            proc.stop()
+            self.faust_design(f"round{i}_faust_passthrough", "faust_passthrough", headline=False)
+            f = self.details[f"round{i}_faust_passthrough"]["tx_s"]
+            pairs.append({"velocity": v, "faust_passthrough": f, "ratio": v / f if v and f else None})
+        ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+        self.details["rounds"] = {
+            "pairs": pairs,
+            "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+            "velocity_median_tx_s": statistics.median(p["velocity"] for p in pairs if p["velocity"])
+            if any(p["velocity"] for p in pairs)
+            else None,
+        }
+        self.log(f"rounds: {self.details['rounds']}")
 
     def seed_redis(self) -> None:
         from bench.designs import seed_redis
@@ -732,6 +780,7 @@ class Run:
             "two_workers": self.two_workers,
             "catchup": self.catchup,
             "faust_passthrough": lambda: self.faust_design("faust_passthrough", "faust_passthrough"),
+            "rounds": self.rounds,
             "seed_faust_hopping": lambda: self.faust_design("seed_faust_hopping", "faust_hopping"),
             "seed_redis": self.seed_redis,
             "quix_streams": self.quix,
@@ -803,6 +852,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     floor_kafka = details.get("steady", {}).get("delivery_floor_ms", {})
     floor_http = details.get("steady", {}).get("http_floor_ms", {})
     floor_machine = details.get("steady", {}).get("machine_http_floor_ms", {})
+    rounds = details.get("rounds", {})
     sched = details.get("steady", {}).get("worker_sched", {})
     sched_wait = sched.get("runq_wait_ms_per_100ms", {})
     batch50 = details.get("steady", {}).get("batch50_ms", {})
@@ -859,6 +909,15 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "steady",
             f"| the same at {fmt_int(half.get('rate_tx_s'), ' tx/s')}: lookup p50 / p99 | "
             f"{fmt(half_lk.get('p50'), ' ms')} / {fmt(half_lk.get('p99'), ' ms')} |",
+        ),
+        (
+            "rounds",
+            "| Velocity catch-up / Faust pass-through, pairs run back to back (first pair first) | "
+            + ", ".join(
+                f"{fmt_int(p['velocity'])} / {fmt_int(p['faust_passthrough'])} = {fmt_ratio(p['ratio'])}x"
+                for p in rounds.get("pairs", [])
+            )
+            + f"; median {fmt_ratio(rounds.get('median_ratio'))}x |",
         ),
         ("recovery", f"| table recovery | {fmt_int(result['recovery_records_s'], ' records/s')} |"),
         ("recovery", f"| process start to /ready (cold) | {fmt(result['time_to_ready_s'], ' s')} |"),

@@ -87,6 +87,12 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for floor in ("delivery_floor_ms", "http_floor_ms", "machine_http_floor_ms", "batch50_ms"):
         p50, p99 = result["details"]["steady"][floor]["p50"], result["details"]["steady"][floor]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (floor, result["details"]["steady"])
+    # The first pair and one more, run back to back: each a ratio of the two rates.
+    pairs = result["details"]["rounds"]["pairs"]
+    assert len(pairs) == 2 and pairs[0]["velocity"] == result["throughput_tx_s"]["velocity"], pairs
+    for pair in pairs:
+        assert pair["ratio"] == pytest.approx(pair["velocity"] / pair["faust_passthrough"]), pair
+    assert min(p["ratio"] for p in pairs) <= result["details"]["rounds"]["median_ratio"], pairs
     sched = result["details"]["steady"]["worker_sched"]  # the worker's main thread, from /proc
     assert sched["intervals"] > 0 and 0 < sched["main_thread_cpu_cores"] <= 1.05, sched
     assert 0 <= sched["main_thread_runq_wait_share"] < 1 and sched["machine_busy_cores"] > 0, sched

@@ -11,11 +11,14 @@ knows Faust.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from records.errors import ERROR_TYPES, ErrorType
 
@@ -73,12 +76,12 @@ class PipelineMetrics:
         self._users = Gauge(
             "velocity_table_users", "Users with state in this worker's active partitions", registry=r
         )
-        self._freshness = Histogram(
+        self._freshness = PlainHistogram(
             "velocity_feature_freshness_seconds",
             "Feature computed_at minus the Kafka timestamp of the input message",
-            buckets=FRESHNESS_BUCKETS_S,
-            registry=r,
+            FRESHNESS_BUCKETS_S,
         )
+        r.register(self._freshness)
         self._expired = Counter(
             "velocity_users_expired",
             "Users forgotten after USER_TTL_S of stream time without a transaction (SPEC 4, Expiry)",
@@ -97,6 +100,7 @@ class PipelineMetrics:
         self.processed_total = 0
         self.predictions_total = 0
         self._predictions_exported = 0
+        self._processed_exported = 0
         self.scoring_failures_total = 0
         self._predictions = Counter(
             "velocity_predictions", "Fraud scores published to the predictions topic", registry=r
@@ -182,8 +186,7 @@ class PipelineMetrics:
 
     # ---------------------------------------------------------------- hot path
     def on_processed(self) -> None:
-        self.processed_total += 1
-        self._processed.inc()
+        self.processed_total += 1  # exported by _export(): no Prometheus lock per record
 
     def on_prediction(self) -> None:
         self.predictions_total += 1  # exported by sample(): no Prometheus lock per record
@@ -310,11 +313,18 @@ class PipelineMetrics:
         self.lag = dict(lag)
         self.partitions = sorted(partitions)
 
-    def sample(self) -> None:
-        """Record one point of the rate history (called every second or so)."""
+    def _export(self) -> None:
+        """Bring the Prometheus counters the hot path counts in plain integers up to date."""
         if self.predictions_total > self._predictions_exported:
             self._predictions.inc(self.predictions_total - self._predictions_exported)
             self._predictions_exported = self.predictions_total
+        if self.processed_total > self._processed_exported:
+            self._processed.inc(self.processed_total - self._processed_exported)
+            self._processed_exported = self.processed_total
+
+    def sample(self) -> None:
+        """Record one point of the rate history (called every second or so)."""
+        self._export()
         now = time.monotonic()
         self._rate_samples.append((now, self.processed_total))
         # Keep the newest sample at least RATE_WINDOW_S old as the baseline, so
@@ -385,7 +395,39 @@ class PipelineMetrics:
         }
 
     def prometheus_text(self) -> bytes:
+        self._export()
         return generate_latest(self.registry)
+
+
+class PlainHistogram:
+    """A Prometheus histogram counted in plain integers, read when the registry is collected.
+
+    prometheus_client's ``Histogram.observe`` takes a lock twice and walks
+    the bucket bounds in Python; the hot path observes every record's
+    freshness, on one thread (the event loop's, as ``/metrics``), so a
+    bisection and two additions do. The exposition is the same: cumulative
+    ``_bucket{le=...}``, ``_count``, ``_sum``.
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf only)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus' le
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        buckets.append(("+Inf", cumulative + self.counts[-1]))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
 
 
 def catch_up(lag: int, rate_tx_s: float, behind_s: float | None, behind_after_s: float) -> dict[str, Any]:

@@ -45,7 +45,12 @@ LABEL_OUTCOMES = ("joined", "unmatched", "invalid")
 QUALITY_FIELDS = ("labelled", "positives", "precision", "recall", "auc", "prediction_threshold")
 RATE_WINDOW_S = 60.0
 FRESHNESS_WINDOW_S = 60.0
-MAX_FRESHNESS_SAMPLES = 20000
+#: The freshness p50/p99 of /stats and the health line are over a sample of the last minute's
+#: records, at most this many a second (every n-th record, n from the last second's count). Before,
+#: the newest 20,000 records: 10 s at 2,000 tx/s, not a minute, and 2.4 ms of the event loop to sort
+#: every second (6,000: 0.8 ms), plus a tuple kept per record.
+FRESHNESS_SAMPLES_PER_S = 100
+MAX_FRESHNESS_SAMPLES = int(FRESHNESS_SAMPLES_PER_S * FRESHNESS_WINDOW_S)
 HISTORY_POINTS = 300
 
 
@@ -158,6 +163,9 @@ class PipelineMetrics:
         self.partitions: list[int] = []
         self.last_input_age_s: float | None = None  # how old the last input message was when processed
         self._recent_freshness: deque[tuple[float, float]] = deque(maxlen=MAX_FRESHNESS_SAMPLES)
+        self._freshness_stride = 1  # keep every n-th record's freshness in _recent_freshness
+        self._freshness_skipped = 0
+        self._processed_at_sample = 0
         # Seeded with the start, so that work done before the first sample
         # (a burst right after start-up) counts towards the rate.
         self._rate_samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
@@ -250,8 +258,11 @@ class PipelineMetrics:
             return
         freshness_s = max(0.0, computed_at_s - input_timestamp_s)
         self._freshness.observe(freshness_s)
-        self._recent_freshness.append((time.monotonic(), freshness_s))
         self.last_input_age_s = freshness_s
+        self._freshness_skipped += 1
+        if self._freshness_skipped >= self._freshness_stride:
+            self._freshness_skipped = 0
+            self._recent_freshness.append((time.monotonic(), freshness_s))
 
     def on_changelog_event(self, restoring_active: bool) -> None:
         if not restoring_active:
@@ -326,6 +337,9 @@ class PipelineMetrics:
         """Record one point of the rate history (called every second or so)."""
         self._export()
         now = time.monotonic()
+        last_second = self.processed_total - self._processed_at_sample
+        self._processed_at_sample = self.processed_total
+        self._freshness_stride = max(1, -(-last_second // FRESHNESS_SAMPLES_PER_S))  # ceil
         self._rate_samples.append((now, self.processed_total))
         # Keep the newest sample at least RATE_WINDOW_S old as the baseline, so
         # the window always spans a full minute once the worker has run that long.

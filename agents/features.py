@@ -597,6 +597,10 @@ class FeatureBatches:
 
     def __init__(self) -> None:
         self.topics = frozenset({settings.transactions_topic, settings.rekey_topic})
+        #: When the running event-loop turn began: one budget across the batch's partitions (with
+        #: one per partition, a turn ran on into the next partitions; diagnostic build at 2,000
+        #: tx/s: its turns over 4 ms, 49 a second, had a median of 6.4 ms, budget 2 ms).
+        self.turn_started = 0.0
 
     async def __call__(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
         """Process one fetch to its end, even when the fetcher is cancelled meanwhile.
@@ -624,7 +628,11 @@ class FeatureBatches:
 
     async def _process(self, batches: Mapping[TP, list[Any]], generation: int) -> None:
         async with app.message_boundary:
+            self.turn_started = time.monotonic()
             for tp, records in batches.items():
+                if time.monotonic() - self.turn_started > YIELD_EVERY_S:
+                    await asyncio.sleep(0)  # the last partition's state is written, its outputs sent
+                    self.turn_started = time.monotonic()
                 if not app.generation_is_current(generation):
                     return
                 await self.process_partition(tp, records, generation)
@@ -636,7 +644,6 @@ class FeatureBatches:
         processed_through = app.processed_through
         done = processed_through.get(tp, -1)
         topic, partition = tp.topic, tp.partition
-        turn_started = time.monotonic()
         ticked = False
         try:
             if stream_times.tracking:
@@ -652,10 +659,10 @@ class FeatureBatches:
                 timestamp_s = ts / 1000.0 if ts and ts > 0 else None
                 await handle_message(work, topic, partition, offset, record.key, record.value, timestamp_s)
                 processed_through[tp] = offset
-                if time.monotonic() - turn_started > YIELD_EVERY_S:
+                if time.monotonic() - self.turn_started > YIELD_EVERY_S:
                     work.flush_state()
                     await asyncio.sleep(0)
-                    turn_started = time.monotonic()
+                    self.turn_started = time.monotonic()
                     if not app.generation_is_current(generation):
                         break
             if (

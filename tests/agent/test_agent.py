@@ -242,6 +242,57 @@ async def test_a_long_batch_lets_other_tasks_run(agent: tuple[Any, Sent]) -> Non
     assert len(sent.by_topic["features"]) == 200
 
 
+class _Ticks:
+    """A clock for the hot path's turn budget: one tick per reading (the rest of ``time`` as is)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+async def test_the_turn_budget_is_the_batchs_not_each_partitions(agent: tuple[Any, Sent]) -> None:
+    """A batch over many partitions yields as often as one over a single partition."""
+    _, sent = agent
+    # Eight partitions of the input (the agent tests' topics have one: records on the others are
+    # forwarded to their users' partition, work like any other).
+    batch = {
+        input_tp(p): [Record(k, b"tb", tx(f"tb-{p}-{k}", user="tb", ts=NOW - 300 + k)) for k in range(2)]
+        for p in range(8)
+    }
+    per_turn: list[int] = []
+
+    def processed() -> int:  # records of the batch processed so far
+        return sum(app.processed_through.get(tp, -1) + 1 for tp in batch)
+
+    async def other_task() -> None:
+        seen = 0
+        while True:
+            if (now := processed()) > seen:
+                per_turn.append(now - seen)
+                seen = now
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other_task())
+    try:
+        # A turn reads the clock about once a record: with a budget of 2 ticks it ends after about
+        # 3 records, whichever partition they are in.
+        with patch.object(features, "YIELD_EVERY_S", 2.0), patch.object(features, "time", _Ticks()):
+            await batches()(batch, app.consumer_generation_id)
+        while sum(per_turn) < processed():
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+    assert sum(per_turn) == 16
+    assert len(sent.by_topic.get("features", [])) + len(sent.by_topic.get("rekey", [])) == 16
+    assert max(per_turn) <= 4, per_turn  # a budget per partition: every record in one turn
+
+
 async def test_a_batch_cancelled_half_way_still_finishes_before_the_cancel_goes_on(
     agent: tuple[Any, Sent],
 ) -> None:

@@ -165,7 +165,6 @@ class PipelineMetrics:
         self._recent_freshness: deque[tuple[float, float]] = deque(maxlen=MAX_FRESHNESS_SAMPLES)
         self._freshness_stride = 1  # keep every n-th record's freshness in _recent_freshness
         self._freshness_skipped = 0
-        self._processed_at_sample = 0
         # Seeded with the start, so that work done before the first sample
         # (a burst right after start-up) counts towards the rate.
         self._rate_samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
@@ -197,7 +196,7 @@ class PipelineMetrics:
         self.processed_total += 1  # exported by _export(): no Prometheus lock per record
 
     def on_prediction(self) -> None:
-        self.predictions_total += 1  # exported by sample(): no Prometheus lock per record
+        self.predictions_total += 1  # exported by _export(): no Prometheus lock per record
 
     def on_scoring_failed(self) -> None:
         self.scoring_failures_total += 1
@@ -337,8 +336,7 @@ class PipelineMetrics:
         """Record one point of the rate history (called every second or so)."""
         self._export()
         now = time.monotonic()
-        last_second = self.processed_total - self._processed_at_sample
-        self._processed_at_sample = self.processed_total
+        last_second = self.processed_total - self._rate_samples[-1][1]  # since the previous sample
         self._freshness_stride = max(1, -(-last_second // FRESHNESS_SAMPLES_PER_S))  # ceil
         self._rate_samples.append((now, self.processed_total))
         # Keep the newest sample at least RATE_WINDOW_S old as the baseline, so

@@ -311,16 +311,18 @@ class Run:
             self.velocity_port,
         )
 
-    def faust_design(self, name: str, module: str, headline: bool = True) -> None:
+    def faust_design(self, name: str, module: str) -> None:
+        self.throughput[name] = self.design_rate(name, module)
+
+    def design_rate(self, name: str, module: str) -> float | None:
+        """One run of a Faust design (``bench/designs/<module>.py``) on the stream: its rate."""
         from importlib import import_module
 
         mod = import_module(f"bench.designs.{module}")
         output = f"bench-out-{name}-{self.tag}"
         proc = self.start(name, mod.command(FAUST), self.bench_env(name, output))
         try:
-            rate = self.measure(name, proc, output, len(self.stream))
-            if headline:
-                self.throughput[name] = rate
+            return self.measure(name, proc, output, len(self.stream))
         finally:
             proc.stop()
 
@@ -347,16 +349,14 @@ class Run:
                 "at_least_once",
             )
             proc.stop()
-            self.faust_design(f"round{i}_faust_passthrough", "faust_passthrough", headline=False)
-            f = self.details[f"round{i}_faust_passthrough"]["tx_s"]
+            f = self.design_rate(f"round{i}_faust_passthrough", "faust_passthrough")
             pairs.append({"velocity": v, "faust_passthrough": f, "ratio": v / f if v and f else None})
-        ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+        ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
+        rates = [p["velocity"] for p in pairs if p["velocity"]]
         self.details["rounds"] = {
             "pairs": pairs,
-            "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-            "velocity_median_tx_s": statistics.median(p["velocity"] for p in pairs if p["velocity"])
-            if any(p["velocity"] for p in pairs)
-            else None,
+            "median_ratio": statistics.median(ratios) if ratios else None,
+            "velocity_median_tx_s": statistics.median(rates) if rates else None,
         }
         self.log(f"rounds: {self.details['rounds']}")
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness import quantile
+
 INTERVAL_S = 0.1
 
 
@@ -45,21 +47,21 @@ def summarize(samples: list[Sample], cpus: int) -> dict[str, Any]:
         return {"intervals": 0}
     first, last = samples[0], samples[-1]
     wall_ns = (last.t - first.t) * 1e9
-    per_100ms = sorted(
+    per_100ms = [
         (b.wait_ns - a.wait_ns) / 1e6 * (INTERVAL_S / (b.t - a.t))
         for a, b in itertools.pairwise(samples)
         if b.t > a.t
-    )
+    ]
 
     def q(p: float) -> float:
-        return round(per_100ms[min(len(per_100ms) - 1, int(p * len(per_100ms)))], 2)
+        return round(quantile(per_100ms, p) or 0.0, 2)  # the bench's one quantile rule
 
     ticks = last.all_ticks - first.all_ticks
     return {
         "intervals": len(per_100ms),
         "main_thread_cpu_cores": round((last.cpu_ns - first.cpu_ns) / wall_ns, 3),
         "main_thread_runq_wait_share": round((last.wait_ns - first.wait_ns) / wall_ns, 3),
-        "runq_wait_ms_per_100ms": {"p50": q(0.5), "p99": q(0.99), "max": round(per_100ms[-1], 2)},
+        "runq_wait_ms_per_100ms": {"p50": q(0.5), "p99": q(0.99), "max": round(max(per_100ms), 2)},
         "machine_busy_cores": round(cpus * (last.busy_ticks - first.busy_ticks) / ticks, 2)
         if ticks
         else None,

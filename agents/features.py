@@ -97,7 +97,7 @@ YIELD_EVERY_S = 0.002
 EXPIRE_BUDGET_S = 0.001
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention; not frozen: see Transaction
 class Origin:
     """Where a message first entered the system (kept across the re-keying hop)."""
 
@@ -373,9 +373,10 @@ def _open_envelope(value: bytes) -> tuple[Origin, Transaction]:
 class PartitionWork:
     """Where the outputs and state writes of one input partition's records go, for one batch."""
 
-    __slots__ = ("outbox", "partition", "state", "tid")
+    __slots__ = ("changelog", "outbox", "partition", "state", "tid")
 
     def __init__(self, tp: TP) -> None:
+        self.changelog = changelog_topic_name()
         self.partition = tp.partition
         self.tid = transactional_id(tp)
         self.state: PartitionWriter = windows.writer(tp.partition)
@@ -487,7 +488,7 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
         windows.forget(txn.user_id)
         raise
     if changes:
-        changelog = changelog_topic_name()
+        changelog = work.changelog
         for key, value in changes:
             work.outbox.add(changelog, work.partition, key, value)
     if outcome.verdict == "late":
@@ -504,13 +505,14 @@ async def process_transaction(work: PartitionWork, origin: Origin, txn: Transact
             user_counts.on_new_user(work.partition)
     else:
         metrics.on_duplicate()
-    features = UserFeatures.from_values(outcome.features)
-    metrics.on_feature(features.computed_at, origin.timestamp_s)
+    values = outcome.features
+    metrics.on_feature(values["computed_at"], origin.timestamp_s)
     user_key = txn.user_id.encode("utf-8")
+    encoded = UserFeatures.encode_values(values)
     if copartitioned(work, features_topic_name):
-        work.outbox.add(features_topic_name, work.partition, user_key, features.encode())
+        work.outbox.add(features_topic_name, work.partition, user_key, encoded)
     else:
-        await publish(work, features_topic, user_key, features.encode())
+        await publish(work, features_topic, user_key, encoded)
     accepted = outcome.verdict == "accepted"
     score = None if scorer is None else await publish_prediction(work, outcome.features, user_key, accepted)
     if accepted:  # a duplicate's record is one drift has seen already
@@ -548,9 +550,9 @@ async def publish_prediction(
     if LOG_PREDICTIONS and log_it and transaction_id is not None:
         event_time = features["event_time"]
         key = prediction_key(transaction_id)
-        entry = LoggedPrediction(score, scorer.version, event_time, scored_at).encode()
+        entry = LoggedPrediction.entry(score, scorer.version, event_time, scored_at)
         work.state.put(key, entry)
-        work.outbox.add(changelog_topic_name(), work.partition, key, entry)
+        work.outbox.add(work.changelog, work.partition, key, entry)
         sweeper.note_prediction(work.partition, event_time)
     return score
 

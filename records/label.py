@@ -92,7 +92,7 @@ def is_prediction_key(key: bytes | None) -> bool:
     return key is not None and key.startswith(PREDICTION_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention; not frozen: see Transaction
 class LoggedPrediction:
     """What the label join needs of a prediction: its score, model and times."""
 
@@ -102,7 +102,12 @@ class LoggedPrediction:
     scored_at: float
 
     def encode(self) -> bytes:
-        return f"{self.score!r} {self.event_time!r} {self.scored_at!r} {self.model_version}".encode()
+        return self.entry(self.score, self.model_version, self.event_time, self.scored_at)
+
+    @staticmethod
+    def entry(score: float, model_version: str, event_time: float, scored_at: float) -> bytes:
+        """The stored form of a prediction, from its values (the hot path: no object built)."""
+        return f"{score!r} {event_time!r} {scored_at!r} {model_version}".encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> LoggedPrediction:

@@ -22,12 +22,15 @@ MAX_QUOTED_CHARS = 100
 MAX_REASON_CHARS = 200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transaction:
     """A validated card transaction (SPEC 3), defaults already applied.
 
     The one transaction type of the core: validation builds it, the window
-    keeps it, the re-keying hop carries it.
+    keeps it, the re-keying hop carries it. Treat it as immutable; it is not
+    ``frozen`` because a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__`` (1.1 us instead of 0.25 us here), once per
+    message on the hot path.
     """
 
     transaction_id: str
@@ -177,6 +180,63 @@ def _number(obj: dict[str, Any], field: str, errors: list[str]) -> float | None:
 
 def validate_transaction(obj: dict[str, Any], now_s: float, max_clock_skew_s: float) -> Transaction:
     """Apply every rule of SPEC 3; the error names each field at fault."""
+    txn = _plainly_valid(obj, now_s + max_clock_skew_s)
+    if txn is not None:
+        return txn
+    return _validate_field_by_field(obj, now_s, max_clock_skew_s)
+
+
+_ID_RANGE = range(1, MAX_ID_CHARS + 1)
+_CATEGORY_RANGE = range(MAX_CATEGORY_CHARS + 1)
+
+
+def _plainly_valid(obj: dict[str, Any], latest_s: float) -> Transaction | None:
+    """The transaction when ``obj`` is valid in the plain way almost every message is, else None.
+
+    The same rules as :func:`_validate_field_by_field` (which it must agree with:
+    tests/unit/test_records.py), checked in one expression: ASCII strings
+    (``str.isascii`` is a flag, and no ASCII string holds a surrogate), numbers
+    that are ``float`` or ``int`` (not ``bool``) inside their ranges (NaN and
+    infinities fail the comparisons). Anything else goes the long way, which
+    also names what is wrong.
+    """
+    get = obj.get
+    transaction_id, user_id, merchant_id = get("transaction_id"), get("user_id"), get("merchant_id")
+    amount, timestamp = get("amount"), get("timestamp")
+    category, is_online = get("merchant_category"), get("is_online")
+    if not (
+        type(transaction_id) is str
+        and type(user_id) is str
+        and type(merchant_id) is str
+        and transaction_id.isascii()
+        and user_id.isascii()
+        and merchant_id.isascii()
+        and len(transaction_id) in _ID_RANGE
+        and len(user_id) in _ID_RANGE
+        and len(merchant_id) in _ID_RANGE
+        and (type(amount) is float or type(amount) is int)
+        and 0 <= amount < MAX_AMOUNT
+        and (type(timestamp) is float or type(timestamp) is int)
+        and 0 < timestamp <= latest_s
+        and (
+            category is None
+            or (type(category) is str and category.isascii() and len(category) in _CATEGORY_RANGE)
+        )
+        and (is_online is None or type(is_online) is bool)
+    ):
+        return None
+    return Transaction(
+        transaction_id,
+        user_id,
+        float(amount),
+        merchant_id,
+        "unknown" if category is None else category,
+        float(timestamp),
+        bool(is_online),
+    )
+
+
+def _validate_field_by_field(obj: dict[str, Any], now_s: float, max_clock_skew_s: float) -> Transaction:
     errors: list[str] = []
     transaction_id = _string(obj, "transaction_id", 1, MAX_ID_CHARS, errors)
     user_id = _string(obj, "user_id", 1, MAX_ID_CHARS, errors)

@@ -100,7 +100,7 @@ def is_head_key(key: bytes) -> bool:
     return CHUNK_SEPARATOR not in key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention; not frozen: see Transaction
 class StateWrite:
     """One table write: the head (``chunk_no is None``) or a chunk; ``value=None`` deletes."""
 
@@ -111,7 +111,7 @@ class StateWrite:
 Verdict = Literal["accepted", "duplicate", "late"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention; not frozen: see Transaction
 class Outcome:
     verdict: Verdict
     features: dict[str, Any] | None  # the record to publish (accepted, duplicate)

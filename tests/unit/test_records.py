@@ -20,6 +20,8 @@ from records.errors import DecodeError, RejectedMessage, ValidationError
 from records.schema import DeadLetter
 from records.transaction import (
     Transaction,
+    _plainly_valid,
+    _validate_field_by_field,
     decode_json_object,
     parse_transaction,
     validate_transaction,
@@ -639,3 +641,74 @@ def test_arbitrary_objects_match_the_spec_oracle(
     else:
         assert expected_type == "ok", expected_fields
         assert {name: getattr(txn, name) for name in FIELDS} == expected_values
+
+
+_ascii = st.characters(max_codepoint=127)
+# Objects the plain path can take: ASCII strings, with fields pushed to or past a bound.
+_plain_candidates = st.builds(
+    lambda valid, changes: {**valid, **changes},
+    st.fixed_dictionaries(
+        {
+            **_valid_values,
+            **{name: st.text(_ascii, min_size=1, max_size=128) for name in ID_FIELDS},
+            "merchant_category": st.none() | st.text(_ascii, max_size=64),
+        }
+    ),
+    st.lists(
+        st.one_of(
+            *(st.tuples(st.just(name), values) for name, values in _near_bounds.items()),
+            *(st.tuples(st.just(name), st.text(_ascii, max_size=130)) for name in ID_FIELDS),
+            st.tuples(
+                st.sampled_from(["amount", "timestamp"]), st.sampled_from([math.nan, math.inf, -math.inf])
+            ),
+        ),
+        max_size=2,
+    ).map(dict),
+)
+
+
+@_PROPERTY
+@given(
+    obj=st.one_of(_objects, _plain_candidates),
+    now_s=st.sampled_from([NOW_S, 1.0]),
+    skew_s=st.sampled_from([0.0, SKEW_S]),
+)
+def test_the_plain_path_accepts_only_what_the_field_by_field_rules_accept(
+    obj: dict[str, Any], now_s: float, skew_s: float
+) -> None:
+    """validate_transaction's one-expression check: the same transaction, or no answer (never a wrong one)."""
+    plain = _plainly_valid(obj, now_s + skew_s)
+    event("plain" if plain is not None else "the long way")
+    try:
+        expected = _validate_field_by_field(obj, now_s, skew_s)
+    except ValidationError:
+        assert plain is None
+    else:
+        assert plain is None or plain == expected
+
+
+_AT_BOUNDS: dict[str, tuple[Any, ...]] = {
+    "amount": (-0.0, -1e-300, 0, 1e12, 999999999999.9999, 10**12, 10**12 - 1, 2**64, -1, math.nan, math.inf),
+    "timestamp": (0, -0.0, 5e-324, NOW_S + SKEW_S, NOW_S + SKEW_S + 1e-6, 10**30, math.nan, -math.inf),
+    **dict.fromkeys(ID_FIELDS, ("", "x" * 128, "x" * 129, None, 7, True)),
+    "merchant_category": ("", "x" * 64, "x" * 65, None, 3, False),
+    "is_online": (None, 0, 1, "true", []),
+}
+_BOUNDS = [(field, value) for field, values in _AT_BOUNDS.items() for value in values]
+
+
+@pytest.mark.parametrize(("field", "value"), _BOUNDS)
+def test_the_plain_path_agrees_at_every_bound(field: str, value: Any) -> None:
+    obj = {**VALID, field: value}
+    plain = _plainly_valid(obj, NOW_S + SKEW_S)
+    try:
+        expected = _validate_field_by_field(obj, NOW_S, SKEW_S)
+    except ValidationError:
+        assert plain is None
+    else:
+        assert plain == expected
+
+
+def test_the_plain_path_takes_the_usual_message() -> None:
+    assert _plainly_valid(VALID, NOW_S + SKEW_S) == _validate_field_by_field(VALID, NOW_S, SKEW_S)
+    assert _plainly_valid({**VALID, "user_id": "user-" + CJK}, NOW_S + SKEW_S) is None  # the long way

@@ -84,6 +84,7 @@ from tables.window import UserWindow, head_key
 log = logging.getLogger(__name__)
 
 features_topic_name: str = features_topic.get_topic_name()
+rekey_topic_name: str = settings.rekey_topic
 predictions_topic_name: str = predictions_topic.get_topic_name()
 
 #: Whether every prediction is logged for the label join (SPEC 10; LABEL_WAIT_S=0 turns it off).
@@ -444,7 +445,7 @@ async def handle_message(
     """Process one inbound message; never raises for bad data."""
     origin = Origin(topic, partition, offset, key, timestamp_s, value)
     try:
-        if topic == settings.rekey_topic:
+        if topic == rekey_topic_name:
             if key == TICK_KEY:
                 return  # its batch deleted the partition's expired users (tables/expiry.py)
             if key == LABEL_KEY:

@@ -327,38 +327,53 @@ class Run:
             proc.stop()
 
     def rounds(self) -> None:
-        """Velocity's catch-up, then the Faust pass-through, ``size.rounds`` times, back to back.
+        """Velocity's catch-up (at-least-once, then exactly-once) and the Faust pass-through, back to back.
 
-        The two designs' first runs are minutes apart (the Velocity scenarios
-        run in between), and this machine's speed drifts that much: a pair
-        run one after the other prices Velocity against Faust at one moment.
-        Each round's ratio is reported with the first pair's; the median is
-        the figure to quote.
+        The designs' first runs are minutes apart (the Velocity scenarios run
+        in between), and this machine's speed drifts that much: runs one
+        after the other price Velocity against Faust, and exactly-once
+        against at-least-once, at one moment. ``size.rounds`` rounds; each
+        round's ratios are reported (Faust's with the first pair's, from the
+        velocity and faust_passthrough scenarios); the medians are the
+        figures to quote.
         """
         pairs: list[dict[str, Any]] = []
         first_v, first_f = self.throughput.get("velocity"), self.throughput.get("faust_passthrough")
         if first_v and first_f:
             pairs.append({"velocity": first_v, "faust_passthrough": first_f, "ratio": first_v / first_f})
+        guarantees: list[dict[str, Any]] = []
         for i in range(1, self.size.rounds + 1):
-            proc, v = self.catchup_worker(
-                f"round{i}_velocity",
-                f"bench-round{i}-{self.tag}",
-                self.input,
-                f"bench-out-round{i}-{self.tag}",
-                len(self.stream),
-                "at_least_once",
-            )
-            proc.stop()
+            v = self.catchup_rate(f"round{i}_velocity", f"round{i}", "at_least_once")
+            eos = self.catchup_rate(f"round{i}_exactly_once", f"round{i}-eos", "exactly_once")
             f = self.design_rate(f"round{i}_faust_passthrough", "faust_passthrough")
             pairs.append({"velocity": v, "faust_passthrough": f, "ratio": v / f if v and f else None})
+            guarantees.append(
+                {"at_least_once": v, "exactly_once": eos, "ratio": eos / v if v and eos else None}
+            )
         ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
         rates = [p["velocity"] for p in pairs if p["velocity"]]
+        eos_ratios = [g["ratio"] for g in guarantees if g["ratio"] is not None]
         self.details["rounds"] = {
             "pairs": pairs,
             "median_ratio": statistics.median(ratios) if ratios else None,
             "velocity_median_tx_s": statistics.median(rates) if rates else None,
+            "guarantees": guarantees,
+            "exactly_once_median_ratio": statistics.median(eos_ratios) if eos_ratios else None,
         }
         self.log(f"rounds: {self.details['rounds']}")
+
+    def catchup_rate(self, name: str, tag: str, guarantee: Guarantee) -> float | None:
+        """One more catch-up of a fresh Velocity app on the input stream: its rate (the worker stopped)."""
+        proc, rate = self.catchup_worker(
+            name,
+            f"bench-{tag}-{self.tag}",
+            self.input,
+            f"bench-out-{tag}-{self.tag}",
+            len(self.stream),
+            guarantee,
+        )
+        proc.stop()
+        return rate
 
     def seed_redis(self) -> None:
         from bench.designs import seed_redis
@@ -918,6 +933,15 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
                 for p in rounds.get("pairs", [])
             )
             + f"; median {fmt_ratio(rounds.get('median_ratio'))}x |",
+        ),
+        (
+            "rounds",
+            "| Velocity catch-up exactly-once / at-least-once, run back to back | "
+            + ", ".join(
+                f"{fmt_int(g['exactly_once'])} / {fmt_int(g['at_least_once'])} = {fmt_ratio(g['ratio'])}"
+                for g in rounds.get("guarantees", [])
+            )
+            + f"; median {fmt_ratio(rounds.get('exactly_once_median_ratio'))} |",
         ),
         ("recovery", f"| table recovery | {fmt_int(result['recovery_records_s'], ' records/s')} |"),
         ("recovery", f"| process start to /ready (cold) | {fmt(result['time_to_ready_s'], ' s')} |"),

@@ -93,6 +93,13 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for pair in pairs:
         assert pair["ratio"] == pytest.approx(pair["velocity"] / pair["faust_passthrough"]), pair
     assert min(p["ratio"] for p in pairs) <= result["details"]["rounds"]["median_ratio"], pairs
+    # ... and in each round an exactly-once catch-up right after the at-least-once one.
+    guarantees = result["details"]["rounds"]["guarantees"]
+    assert len(guarantees) == 1 and guarantees[0]["at_least_once"] == pairs[1]["velocity"], guarantees
+    assert guarantees[0]["ratio"] == pytest.approx(
+        guarantees[0]["exactly_once"] / guarantees[0]["at_least_once"]
+    ), guarantees
+    assert result["details"]["rounds"]["exactly_once_median_ratio"] == guarantees[0]["ratio"]
     sched = result["details"]["steady"]["worker_sched"]  # the worker's main thread, from /proc
     assert sched["intervals"] > 0 and 0 < sched["main_thread_cpu_cores"] <= 1.05, sched
     assert 0 <= sched["main_thread_runq_wait_share"] < 1 and sched["machine_busy_cores"] > 0, sched

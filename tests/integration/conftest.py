@@ -65,9 +65,29 @@ def _dump_live_workers(what: str) -> None:
             with w.log_path.open("ab") as f:
                 f.write(f"\n===== py-spy dump: timed out waiting for {what} =====\n".encode())
                 f.write(out.stdout + out.stderr)
+            # The stacks without locals also go to the test's report (all CI shows of a failure).
+            brief = subprocess.run(argv[:-1], capture_output=True, timeout=60, check=False)
+            sys.stderr.write(f"\n--- py-spy dump of worker on port {w.port} ({what}) ---\n")
+            sys.stderr.write((brief.stdout + brief.stderr).decode("utf-8", "replace"))
             # mode's Worker answers SIGUSR1 with every thread's stack and every asyncio task's
-            # (what a wedged coroutine waits for), on the worker's stderr: its log.
+            # (what a wedged coroutine waits for), on the worker's stderr: its log; its tasks
+            # part goes to the report too, once the log stops growing (5 s at most).
+            start = w.log_path.stat().st_size
             os.kill(w.proc.pid, signal.SIGUSR1)
+            sizes = [start]
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and (
+                len(sizes) < 3 or sizes[-1] != sizes[-3] or sizes[-1] == start
+            ):
+                time.sleep(0.25)
+                sizes.append(w.log_path.stat().st_size)
+            with w.log_path.open("rb") as f:
+                f.seek(start)
+                tasks = f.read().decode("utf-8", "replace").splitlines()
+            first = next((i for i, line in enumerate(tasks) if line.startswith("Stack for <Task")), 0)
+            tasks = tasks[first:]  # the service tree before it is long and says little
+            sys.stderr.write(f"\n--- its asyncio tasks (SIGUSR1), {len(tasks)} lines ---\n")
+            sys.stderr.write("\n".join(tasks[:600]) + "\n")
 
 
 # Test traffic goes straight to the workers' addresses, never through a proxy from the environment.

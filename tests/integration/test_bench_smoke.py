@@ -87,6 +87,10 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for floor in ("delivery_floor_ms", "http_floor_ms", "machine_http_floor_ms", "batch50_ms"):
         p50, p99 = result["details"]["steady"][floor]["p50"], result["details"]["steady"][floor]["p99"]
         assert p50 is not None and p99 is not None and 0 < p50 <= p99, (floor, result["details"]["steady"])
+    # A throwaway catch-up warmed the broker up first (its rate is not a result).
+    warmup = result["details"]["warmup"]
+    assert warmup["expected"] > 0 and warmup["records"] >= warmup["expected"], warmup
+    assert "warmup" not in result["throughput_tx_s"]
     # The first pair and one more, run back to back: each a ratio of the two rates.
     pairs = result["details"]["rounds"]["pairs"]
     assert len(pairs) == 2 and pairs[0]["velocity"] == result["throughput_tx_s"]["velocity"], pairs

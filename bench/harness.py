@@ -286,6 +286,14 @@ class Proc:
             return None
         return None
 
+    def nice(self) -> int | None:
+        """The process's nice value (``/proc/PID/stat``, field 19), None once it has gone."""
+        try:
+            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return None
+        return int(stat.rsplit(")", 1)[1].split()[16])
+
     def stop(self, timeout: float = 60.0) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)

@@ -172,6 +172,9 @@ class Options:
     guarantee: Guarantee = "at_least_once"
     rolling_rate: float = 200.0
     membership: tuple[Membership, ...] = ("dynamic", "static")
+    # A diagnostic, never the default: Velocity's workers run under ``nice -n worker_nice`` (a
+    # negative value needs root), standing in for a worker with a CPU of its own.
+    worker_nice: int = 0
 
 
 def selected(only: tuple[str, ...]) -> list[str]:
@@ -213,6 +216,8 @@ class Run:
         self.notes.append(msg)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        if self.opts.worker_nice and argv == VELOCITY_WORKER:
+            argv = ["nice", "-n", str(self.opts.worker_nice), *argv]
         proc = Proc.start(name, argv, env, self.work / f"{name}.log")
         self.procs.append(proc)
         return proc
@@ -292,6 +297,7 @@ class Run:
             "start_to_first_output_s": None if first is None else first - proc.started,
             "overall_tx_s": None if last is None else progress.done / max(last - proc.started, 1e-9),
             "rss_mb": proc.rss_mb(),
+            "nice": proc.nice(),
         }
         if progress.timed_out:
             self.note(
@@ -804,6 +810,11 @@ class Run:
             "notes": self.notes,
         }
         self.log(f"scenarios: {' '.join(self.scenarios)}")
+        if self.opts.worker_nice:
+            self.note(
+                f"Velocity's workers ran under nice -n {self.opts.worker_nice}, ahead of the broker and "
+                "the load for a CPU: a diagnostic, not comparable with a default run"
+            )
         self.prepare()
         if "velocity" in self.scenarios:
             self.warm_up()
@@ -1088,6 +1099,14 @@ def main() -> None:
         default=list(get_args(Membership)),
         help="group membership modes of the rolling restart",
     )
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="diagnostic: run Velocity's workers under nice -n N (e.g. -10, as root) to see what "
+        "the figures are when the worker does not wait behind the broker and the load for a CPU",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, data) and the run's topics"
@@ -1107,6 +1126,7 @@ def main() -> None:
         guarantee=args.guarantee,
         rolling_rate=args.rolling_rate,
         membership=tuple(args.membership),
+        worker_nice=args.worker_nice,
     )
     work = Path(tempfile.mkdtemp(prefix="velocity-bench-"))
     run = Run(size, work, opts)

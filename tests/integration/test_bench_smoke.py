@@ -141,10 +141,14 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
 
 
 def test_bench_smoke_catchup_scenario(tmp_path: Path) -> None:
-    result = run_bench(tmp_path, "--only", "catchup", "--guarantee", "exactly_once", timeout=300)
+    result = run_bench(
+        tmp_path, "--only", "catchup", "--guarantee", "exactly_once", "--worker-nice", "3", timeout=300
+    )
     assert result["meta"]["scenarios"] == ["catchup"]
     assert not [n for n in result["notes"] if ": failed: " in n], result["notes"]
+    assert [n for n in result["notes"] if "nice -n 3" in n], result["notes"]
     catchup = result["details"]["catchup"]
+    assert catchup["nice"] == 3, catchup
     assert catchup["guarantee"] == "exactly_once"
     assert catchup["tx_s"] > 0 and catchup["start_to_first_output_s"] > 0 and catchup["overall_tx_s"] > 0
     assert catchup["records"] >= catchup["expected"] and isinstance(catchup["dead_letters"], int), catchup
